@@ -1,0 +1,198 @@
+"""`dowser <stage>`: one thin subcommand per pipeline stage (the rules' shell lines).
+
+    dowser probe --spec '<json>' --model results/models/<id> --out results/probes/<id>
+
+Every stage writes into a temporary path and renames it into place, then records
+spec.json and provenance.json beside its artifact. Errors in user input print one line
+(`dowser: error: ...`) and exit 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dowser.artifacts import atomic_path, write_json, write_spec
+
+
+def _spec(args) -> dict:
+    return json.loads(args.spec)
+
+
+def cmd_data(args):
+    from dowser.world.config import WorldConfig
+    from dowser.world.tasks import generate_task_data
+
+    spec, started = _spec(args), time.time()
+    cfg = WorldConfig.from_dict(spec["world"]["config"])
+    with atomic_path(Path(args.out)) as tmp:
+        generate_task_data(cfg, tmp)
+        write_spec(tmp, args.spec, started)
+
+
+def cmd_model(args):
+    spec, started = _spec(args), time.time()
+    with atomic_path(Path(args.out)) as tmp:
+        if spec["source"] == "world":
+            from dowser.world import build_base
+            from dowser.world.config import WorldConfig
+
+            build_base(WorldConfig.from_dict(spec["world"]["config"]), Path(args.data), tmp, spec["pretrain"])
+        else:
+            from dowser.models import download_model
+
+            download_model(spec, tmp)
+        write_spec(tmp, args.spec, started)
+
+
+def cmd_probe(args):
+    from dowser.models import load_model
+    from dowser.probe import synthesize_probes
+
+    spec, started = _spec(args), time.time()
+    if spec["image"] != "none":
+        raise ValueError(f"probe.image: '{spec['image']}' is not supported yet (only 'none')")
+    model, processor = load_model(args.model)
+    probes = synthesize_probes(model, processor, spec["n"], spec["seed_len"], spec["new_tokens"],
+                               spec["temperature"], spec["seed"], progress=True)
+    with atomic_path(Path(args.out)) as tmp:
+        tmp.mkdir()
+        probes.to_parquet(tmp / "probes.parquet", index=False)
+        write_spec(tmp, args.spec, started)
+
+
+def cmd_score(args):
+    from dowser.models import load_model
+    from dowser.probe import load_probes
+    from dowser.score import ScoreConfig, accumulate_scores, write_shard
+
+    spec = _spec(args)
+    model, processor = load_model(args.model)
+    probes = load_probes(args.probes)
+    n = spec["shards"]
+    if not 0 <= args.shard < n:
+        raise ValueError(f"--shard {args.shard} is outside 0..{n - 1}")
+    mine = probes[probes["probe_index"] % n == args.shard]
+    cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
+                      args.batch_size)
+    tok = getattr(processor, "tokenizer", processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    stats = accumulate_scores(model, [list(x) for x in mine["token_ids"]], mine["probe_index"].tolist(), cfg,
+                              pad, progress=True)
+    with atomic_path(Path(args.out)) as tmp:
+        write_shard(tmp, model, stats, mine["probe_index"].tolist(), len(probes), args.spec)
+
+
+def cmd_merge(args):
+    from dowser.score import merge_shards
+
+    started = time.time()
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        merge_shards([Path(p) for p in args.shards], tmp)
+    write_spec(out.parent, args.spec, started)
+
+
+def cmd_mask(args):
+    from dowser.mask import mask_summary, save_masks
+    from dowser.methods import MaskContext, get_method
+    from dowser.score import load_scores
+
+    spec, started = _spec(args), time.time()
+    method = get_method(spec["method"])
+    scores = None
+    if method.needs_scores:
+        scores = load_scores(args.scores)
+        shapes = {k: tuple(v.shape) for k, v in scores.items()}
+    else:
+        from dowser.models import load_model, scored_modules
+
+        model, _ = load_model(args.model)
+        shapes = {m.name: m.shape for m in scored_modules(model)}
+    ctx = MaskContext(shapes=shapes, rho=spec["rho"], scope=spec["scope"], selection=spec["selection"],
+                      seed=spec["seed"], scores=scores)
+    masks = method.build_mask(ctx)
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        save_masks(masks, tmp, spec["rho"], args.spec)
+    write_spec(out.parent, args.spec, started)
+    print(mask_summary(masks))
+
+
+def cmd_finetune(args):
+    from dowser.finetune import finetune
+
+    result = finetune(_spec(args), Path(args.model), Path(args.data), Path(args.out),
+                      Path(args.mask) if args.mask else None)
+    print(json.dumps(result))
+
+
+def cmd_evaluate(args):
+    import torch
+
+    from dowser.evaluate import evaluate_benchmarks
+    from dowser.finetune import load_finetuned
+
+    spec, started = _spec(args), time.time()
+    torch.manual_seed(0)
+    model, processor = load_finetuned(Path(args.model), Path(args.run) if args.run else None)
+    params = spec["params"]
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        results = evaluate_benchmarks(model, processor, list(spec["benchmarks"]), Path(args.data),
+                                      batch_size=args.batch_size, limit=params["limit"],
+                                      max_new_tokens=params["max_new_tokens"], out_dir=tmp)
+        run = json.loads((Path(args.run) / "spec.json").read_text()) if args.run else None
+        write_json(tmp / "eval.json", {"eval": json.loads(args.spec), "run": run, "results": results})
+        write_spec(tmp, args.spec, started)
+
+
+def cmd_report(args):
+    from dowser.report import write_report
+
+    summary = write_report([Path(p) for p in args.evals], Path(args.out))
+    print(summary)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dowser", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    def add(name, fn, *opts):
+        p = sub.add_parser(name)
+        p.set_defaults(fn=fn)
+        for opt in opts:
+            p.add_argument(f"--{opt}", required=opt not in ("mask", "run", "scores", "model", "data"))
+        return p
+
+    add("data", cmd_data, "spec", "out")
+    add("model", cmd_model, "spec", "data", "out")
+    add("probe", cmd_probe, "spec", "model", "out")
+    p = add("score", cmd_score, "spec", "model", "probes", "out")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p = add("merge", cmd_merge, "spec", "out")
+    p.add_argument("--shards", nargs="+", required=True)
+    add("mask", cmd_mask, "spec", "scores", "model", "out")
+    add("finetune", cmd_finetune, "spec", "model", "data", "mask", "out")
+    p = add("evaluate", cmd_evaluate, "spec", "model", "run", "data", "out")
+    p.add_argument("--batch-size", type=int, default=64)
+    p = add("report", cmd_report, "out")
+    p.add_argument("--evals", nargs="+", required=True)
+
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"dowser: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

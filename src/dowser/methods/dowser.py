@@ -1,0 +1,17 @@
+"""Model-Dowser: train the bottom-rho fraction of the importance score (Eq. 7).
+
+Source: the paper, Section 3.3; the score is `dowser.score` (Theorem 3.1, Eq. 4-6).
+"""
+
+from dowser.mask import build_masks
+from dowser.methods import MaskContext, Method, register
+
+
+@register("dowser")
+class Dowser(Method):
+    needs_scores = True
+
+    def build_mask(self, ctx: MaskContext):
+        if ctx.scores is None:
+            raise ValueError("method 'dowser' needs a merged score file")
+        return build_masks(ctx.scores, ctx.rho, ctx.scope, ctx.selection)

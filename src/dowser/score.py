@@ -1,0 +1,284 @@
+"""Importance scores S_ij = ||J_i|| * |W_ij| * |h_j| (Theorem 3.1), Hutchinson-estimated.
+
+    dowser score --spec '<ScoreSpec json>' --model M --probes P --shard 0 --out shard-0-of-1.h5
+    dowser merge --shards a.h5 b.h5 --out scores.h5
+
+One forward pass per probe batch; R Rademacher draws xi share it (the graph is retained
+and R scalar VJPs (xi*f).sum() are backpropagated). The gradient reaching each scored
+linear's output is g_r = xi_r^T J (captured by a tensor hook; parameters need no grad),
+so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (METHOD.md §1):
+`l1` s = mean_r |g_r| (Appendix D), `l2` s = sqrt(mean_r g_r^2). Aggregates:
+`outer` accumulates sum_n s_n^T |H_n| (exact Corollary 3.2 sum over tokens) in fp32;
+`factored` keeps a_n = sum_t s_t and b_n = mean_t |h_t| per probe and rebuilds
+|W| * mean_n a_n b_n^T at merge. xi for probe k is drawn from a generator seeded by
+(spec seed, k), so scores do not depend on the shard count or the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dowser.models import model_fingerprint, scored_modules
+
+ESTIMATORS = ("l1", "l2")
+AGGREGATES = ("outer", "factored")
+OUTPUTS = ("logits", "hidden")
+
+
+def draw_seed(seed: int, probe_index: int, draw: int) -> int:
+    digest = hashlib.sha256(f"xi:{seed}:{probe_index}:{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def rademacher(shape, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=gen, dtype=torch.int8).float().mul_(2).sub_(1)
+
+
+@dataclass
+class ScoreConfig:
+    estimator: str = "l1"
+    draws: int = 8
+    aggregate: str = "outer"
+    output: str = "logits"
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        for key, value, allowed in (
+            ("estimator", self.estimator, ESTIMATORS),
+            ("aggregate", self.aggregate, AGGREGATES),
+            ("output", self.output, OUTPUTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"score.{key}: '{value}' is not one of {', '.join(allowed)}")
+        if self.draws < 1:
+            raise ValueError(f"score.draws: {self.draws} must be >= 1")
+
+
+class _Capture:
+    """Forward hooks keep |h| per scored linear; tensor hooks accumulate |g| or g^2."""
+
+    def __init__(self, model, modules, estimator):
+        self.estimator = estimator
+        self.abs_h, self.acc, self.handles = {}, {}, []
+        named = dict(model.named_modules())
+        for m in modules:
+            self.handles.append(named[m.name].register_forward_hook(self._forward_hook(m.name)))
+        emb = model.get_input_embeddings()
+        # Nothing requires grad in a frozen model: make the embedding output a leaf that does,
+        # so every z below it is in the graph.
+        self.handles.append(emb.register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True)))
+
+    def _forward_hook(self, name):
+        def hook(module, inputs, output):
+            self.abs_h[name] = inputs[0].detach().abs().float()
+
+            def grad_hook(g):
+                g = g.detach().float()
+                g = g.abs() if self.estimator == "l1" else g.square()
+                self.acc[name] = self.acc[name] + g if name in self.acc else g
+
+            output.register_hook(grad_hook)
+
+        return hook
+
+    def reset(self):
+        self.abs_h.clear()
+        self.acc.clear()
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _pad(batch_ids: list[list[int]], pad_id: int, device):
+    lengths = [len(x) for x in batch_ids]
+    T = max(lengths)
+    ids = torch.full((len(batch_ids), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), T), dtype=torch.long)
+    for b, x in enumerate(batch_ids):
+        ids[b, : len(x)] = torch.tensor(x)
+        mask[b, : len(x)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int], cfg: ScoreConfig,
+                      pad_id: int = 0, progress: bool = False) -> dict:
+    """Sum over the given probes of the per-probe statistics, without |W|.
+
+    Returns {"outer": {name: sum_n s_n^T |H_n| (d_out x d_in)}} or
+    {"a": {name: (N, d_out)}, "b": {name: (N, d_in)}} for `factored`.
+    """
+    if not token_ids:
+        raise ValueError("the probe set is empty: nothing to score")
+    modules = scored_modules(model)
+    device = next(model.parameters()).device
+    cap = _Capture(model, modules, cfg.estimator)
+    outer = {m.name: torch.zeros(m.shape, dtype=torch.float32, device=device) for m in modules}
+    a_list = {m.name: [] for m in modules}
+    b_list = {m.name: [] for m in modules}
+    try:
+        for start in tqdm(range(0, len(token_ids), cfg.batch_size), desc="score", disable=not progress):
+            ids_b = token_ids[start : start + cfg.batch_size]
+            idx_b = probe_indices[start : start + cfg.batch_size]
+            ids, attn = _pad(ids_b, pad_id, device)
+            cap.reset()
+            with torch.enable_grad():
+                out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden")
+                f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
+                B, T, V = f.shape
+                for r in range(cfg.draws):
+                    xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
+                    for b, (k, x) in enumerate(zip(idx_b, ids_b)):
+                        xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
+                    torch.autograd.backward((xi * f).sum(), retain_graph=r < cfg.draws - 1)
+            tok = attn.unsqueeze(-1).float()
+            for m in modules:
+                s = cap.acc[m.name] / cfg.draws
+                if cfg.estimator == "l2":
+                    s = s.sqrt()
+                s = s * tok
+                h = cap.abs_h[m.name] * tok
+                if cfg.aggregate == "outer":
+                    outer[m.name] += torch.einsum("bti,btj->ij", s, h)
+                else:
+                    a_list[m.name].append(s.sum(1))
+                    b_list[m.name].append(h.sum(1) / attn.sum(1, keepdim=True).float())
+    finally:
+        cap.remove()
+    if cfg.aggregate == "outer":
+        return {"outer": outer}
+    return {"a": {k: torch.cat(v) for k, v in a_list.items()}, "b": {k: torch.cat(v) for k, v in b_list.items()}}
+
+
+def score_model(model, probes, draws: int = 8, estimator: str = "l1", aggregate: str = "outer",
+                output: str = "logits", seed: int = 0, batch_size: int = 8, pad_id: int = 0,
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """The mean importance score per scored module (API form; the pipeline shards it)."""
+    cfg = ScoreConfig(estimator, draws, aggregate, output, seed, batch_size)
+    token_ids = [list(x) for x in probes["token_ids"]]
+    indices = [int(i) for i in probes["probe_index"]]
+    stats = accumulate_scores(model, token_ids, indices, cfg, pad_id, progress)
+    weights = {m.name: dict(model.named_modules())[m.name].weight for m in scored_modules(model)}
+    return finalize(stats, {k: w.detach().abs().float() for k, w in weights.items()}, len(indices))
+
+
+def finalize(stats: dict, abs_w: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    if "outer" in stats:
+        return {k: abs_w[k].cpu() * v.cpu() / n for k, v in stats["outer"].items()}
+    return {k: abs_w[k].cpu() * (stats["a"][k].T.cpu() @ stats["b"][k].cpu()) / n for k in stats["a"]}
+
+
+def sha256_array(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def write_shard(path, model, stats: dict, probe_indices: list[int], probe_total: int, spec_json: str) -> None:
+    """One HDF5 shard: a group per scored module; sums (outer) or per-probe vectors (factored)."""
+    weights = dict(model.named_modules())
+    with h5py.File(path, "w") as f:
+        f.attrs["spec"] = spec_json
+        f.attrs["probe_total"] = probe_total
+        f.attrs["fingerprint"] = json.dumps(model_fingerprint(model), sort_keys=True)
+        f.create_dataset("probe_indices", data=np.asarray(probe_indices, dtype=np.int64))
+        for name in (stats["outer"] if "outer" in stats else stats["a"]):
+            g = f.create_group(name)
+            abs_w = weights[name].weight.detach().abs().float().cpu()
+            if "outer" in stats:
+                data = {"score_sum": (abs_w * stats["outer"][name].cpu()).numpy()}
+            else:
+                data = {"a": stats["a"][name].cpu().numpy(), "b": stats["b"][name].cpu().numpy(),
+                        "abs_w": abs_w.numpy()}
+            for key, arr in data.items():
+                if not np.isfinite(arr).all():
+                    raise ValueError(f"{name}: the {key} score contains NaN or inf")
+                g.create_dataset(key, data=arr.astype(np.float32))
+                g.attrs[f"sha256_{key}"] = sha256_array(arr.astype(np.float32))
+            g.attrs["shape"] = list(abs_w.shape)
+
+
+def _open(path):
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path}: corrupt or unreadable HDF5 shard ({e})") from None
+
+
+def merge_shards(paths, out_path) -> None:
+    """Check the shards belong together (same spec, disjoint and complete probes), then average."""
+    if not paths:
+        raise ValueError("no score shards to merge")
+    spec = total = fingerprint = None
+    seen: dict[int, str] = {}
+    sums: dict[str, np.ndarray] = {}
+    a_parts: dict[str, list] = {}
+    b_parts: dict[str, list] = {}
+    abs_w: dict[str, np.ndarray] = {}
+    for path in paths:
+        with _open(path) as f:
+            if spec is None:
+                spec, total, fingerprint = f.attrs["spec"], int(f.attrs["probe_total"]), f.attrs["fingerprint"]
+            elif f.attrs["spec"] != spec:
+                raise ValueError(f"{path}: shard of another score spec than {paths[0]}")
+            elif f.attrs["fingerprint"] != fingerprint:
+                raise ValueError(f"{path}: shard of another model (module names or shapes differ)")
+            for i in f["probe_indices"][()].tolist():
+                if i in seen:
+                    raise ValueError(f"{path}: probe {i} is also in {seen[i]} (overlapping shards)")
+                seen[i] = str(path)
+            for name, g in f.items():
+                if not isinstance(g, h5py.Group):
+                    continue
+                for key, ds in g.items():
+                    arr = ds[()]
+                    if sha256_array(arr) != g.attrs[f"sha256_{key}"]:
+                        raise ValueError(f"{path}: {name}/{key} does not match its checksum (corrupt shard)")
+                    if not np.isfinite(arr).all():
+                        raise ValueError(f"{path}: {name}/{key} contains NaN or inf")
+                    if key == "score_sum":
+                        sums[name] = sums[name] + arr.astype(np.float64) if name in sums else arr.astype(np.float64)
+                    elif key == "a":
+                        a_parts.setdefault(name, []).append(arr)
+                    elif key == "b":
+                        b_parts.setdefault(name, []).append(arr)
+                    else:
+                        abs_w[name] = arr
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise ValueError(f"probe indices missing from the shards: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if a_parts:
+        for name in a_parts:
+            a, b = np.concatenate(a_parts[name]).astype(np.float64), np.concatenate(b_parts[name]).astype(np.float64)
+            sums[name] = abs_w[name] * (a.T @ b)
+    with h5py.File(out_path, "w") as f:
+        f.attrs["spec"] = spec
+        f.attrs["probe_count"] = total
+        f.attrs["fingerprint"] = fingerprint
+        for name, s in sums.items():
+            score = (s / total).astype(np.float32)
+            ds = f.create_dataset(name, data=score)
+            ds.attrs["sha256"] = sha256_array(score)
+
+
+def load_scores(path, model=None) -> dict[str, np.ndarray]:
+    """Merged scores {module: S}; with `model`, check the file belongs to it."""
+    with _open(path) as f:
+        if model is not None:
+            expected = json.dumps(model_fingerprint(model), sort_keys=True)
+            if f.attrs["fingerprint"] != expected:
+                raise ValueError(f"{path}: score file of another model (module names or shapes differ)")
+        out = {}
+        for name, ds in f.items():
+            arr = ds[()]
+            if sha256_array(arr) != ds.attrs["sha256"]:
+                raise ValueError(f"{path}: {name} does not match its checksum (corrupt score file)")
+            out[name] = arr
+        return out

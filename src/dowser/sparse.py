@@ -1,0 +1,136 @@
+"""Trainable sets: dense weights or sparse deltas on the scored linears of the last L blocks.
+
+    dowser.apply_masks(model, masks, depth=4)   # masks: {module: bool}, True = trainable
+
+A masked weight trains through a parametrization W = W0 + scatter(index, values): only
+`values` (one fp32 entry per trainable weight) is a parameter, so AdamW keeps moments for
+the trainable entries alone (optimizer memory scales with rho, not |P|), and a frozen
+entry is never written: it stays bit-identical whatever the optimizer or weight decay.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from dowser.models import decoder_blocks, trainable_modules
+
+
+class SparseDelta(nn.Module):
+    """W -> W with `values` added at the flat `index` positions (Eq. 8's M ⊙ update)."""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.to(torch.long), persistent=False)
+        self.values = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.flatten().index_add(0, self.index, self.values.to(weight.dtype)).view_as(weight)
+
+
+def check_masks(model, masks: dict[str, np.ndarray], depth: int) -> None:
+    modules = dict(model.named_modules())
+    for m in trainable_modules(model, depth):
+        if m.name not in masks:
+            raise ValueError(f"mask has no entry for module {m.name} (mask of another model?)")
+        if tuple(masks[m.name].shape) != tuple(m.shape):
+            raise ValueError(f"mask for {m.name} has shape {tuple(masks[m.name].shape)}, the model's weight is {tuple(m.shape)}")
+    unknown = [k for k in masks if k not in modules]
+    if unknown:
+        raise ValueError(f"mask names module {unknown[0]} that the model does not have (mask of another model?)")
+
+
+def apply_masks(model, masks: dict[str, np.ndarray] | None, depth: int) -> list[nn.Parameter]:
+    """Freeze everything, then make the scored linears of the last `depth` blocks trainable:
+    whole weights when `masks` is None (dense methods), else only their True entries."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if masks is not None:
+        check_masks(model, masks, depth)
+    modules = dict(model.named_modules())
+    params = []
+    for m in trainable_modules(model, depth):
+        module = modules[m.name]
+        if masks is None:
+            module.weight.requires_grad_(True)
+            params.append(module.weight)
+            continue
+        index = torch.from_numpy(np.flatnonzero(masks[m.name].ravel())).to(module.weight.device)
+        delta = SparseDelta(index).to(module.weight.device)
+        parametrize.register_parametrization(module, "weight", delta, unsafe=True)
+        module.parametrizations.weight.original.requires_grad_(False)
+        params.append(delta.values)
+    return params
+
+
+def delta_state(model, depth: int) -> dict[str, torch.Tensor]:
+    """The run's result: sparse (index, values) or dense weights of the trainable modules."""
+    modules = dict(model.named_modules())
+    out = {}
+    for m in trainable_modules(model, depth):
+        module = modules[m.name]
+        if parametrize.is_parametrized(module, "weight"):
+            delta = module.parametrizations.weight[0]
+            out[f"{m.name}.index"] = delta.index.detach().cpu().contiguous()
+            out[f"{m.name}.values"] = delta.values.detach().cpu().contiguous()
+        else:
+            out[f"{m.name}.weight"] = module.weight.detach().cpu().contiguous()
+    return out
+
+
+def load_delta_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Base model + delta = the fine-tuned model, bit for bit (same add as in training)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for key, tensor in state.items():
+            name, kind = key.rsplit(".", 1)
+            if name not in modules:
+                raise ValueError(f"delta names module {name} that the model does not have")
+            weight = modules[name].weight
+            if kind == "weight":
+                if tuple(tensor.shape) != tuple(weight.shape):
+                    raise ValueError(f"delta for {name} has shape {tuple(tensor.shape)}, the model's weight is {tuple(weight.shape)}")
+                weight.copy_(tensor)
+            elif kind == "values":
+                index = state[f"{name}.index"].to(weight.device)
+                flat = weight.flatten().index_add(0, index, tensor.to(weight.device, weight.dtype))
+                weight.copy_(flat.view_as(weight))
+            elif kind != "index":
+                raise ValueError(f"delta key {key} is neither .weight, .index nor .values")
+
+
+def remove_masks(model) -> None:
+    """Bake sparse deltas into plain weights (for evaluation or saving a full model)."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def trainable_table(model) -> list[dict]:
+    """Per group (vision tower, projector, each decoder block, other): trainable / total entries."""
+    prefix, blocks = decoder_blocks(model)
+    rows: dict[str, dict] = {}
+
+    def group(name: str) -> str:
+        if name.startswith(prefix + "."):
+            return f"decoder.block.{int(name[len(prefix) + 1:].split('.')[0]):02d}"
+        low = name.lower()
+        if "vision" in low:
+            return "vision_tower"
+        if "projector" in low:
+            return "projector"
+        return "other"
+
+    for name, p in model.named_parameters():
+        g = group(name)
+        row = rows.setdefault(g, {"group": g, "trainable": 0, "total": 0})
+        if name.endswith("parametrizations.weight.original"):
+            row["total"] += p.numel()
+        elif name.endswith("parametrizations.weight.0.values"):
+            row["trainable"] += p.numel() if p.requires_grad else 0
+        else:
+            row["total"] += p.numel()
+            row["trainable"] += p.numel() if p.requires_grad else 0
+    return [rows[k] for k in sorted(rows)]
