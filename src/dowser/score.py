@@ -66,8 +66,8 @@ class ScoreConfig:
 class _Capture:
     """Forward hooks keep |h| per scored linear; tensor hooks accumulate |g| or g^2."""
 
-    def __init__(self, model, modules, estimator):
-        self.estimator = estimator
+    def __init__(self, model, modules, estimator, dtype):
+        self.estimator, self.dtype = estimator, dtype
         self.abs_h, self.acc, self.handles = {}, {}, []
         named = dict(model.named_modules())
         for m in modules:
@@ -79,10 +79,10 @@ class _Capture:
 
     def _forward_hook(self, name):
         def hook(module, inputs, output):
-            self.abs_h[name] = inputs[0].detach().abs().float()
+            self.abs_h[name] = inputs[0].detach().abs().to(self.dtype)
 
             def grad_hook(g):
-                g = g.detach().float()
+                g = g.detach().to(self.dtype)
                 g = g.abs() if self.estimator == "l1" else g.square()
                 self.acc[name] = self.acc[name] + g if name in self.acc else g
 
@@ -120,9 +120,12 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
     if not token_ids:
         raise ValueError("the probe set is empty: nothing to score")
     modules = scored_modules(model)
-    device = next(model.parameters()).device
-    cap = _Capture(model, modules, cfg.estimator)
-    outer = {m.name: torch.zeros(m.shape, dtype=torch.float32, device=device) for m in modules}
+    param = next(model.parameters())
+    device = param.device
+    # fp32 accumulators for fp32/bf16/fp16 models (METHOD.md §1); fp64 models (exactness tests) keep fp64.
+    acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    cap = _Capture(model, modules, cfg.estimator, acc_dtype)
+    outer = {m.name: torch.zeros(m.shape, dtype=acc_dtype, device=device) for m in modules}
     a_list = {m.name: [] for m in modules}
     b_list = {m.name: [] for m in modules}
     try:
@@ -140,7 +143,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                     for b, (k, x) in enumerate(zip(idx_b, ids_b)):
                         xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
                     torch.autograd.backward((xi * f).sum(), retain_graph=r < cfg.draws - 1)
-            tok = attn.unsqueeze(-1).float()
+            tok = attn.unsqueeze(-1).to(acc_dtype)
             for m in modules:
                 s = cap.acc[m.name] / cfg.draws
                 if cfg.estimator == "l2":
@@ -151,7 +154,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                     outer[m.name] += torch.einsum("bti,btj->ij", s, h)
                 else:
                     a_list[m.name].append(s.sum(1))
-                    b_list[m.name].append(h.sum(1) / attn.sum(1, keepdim=True).float())
+                    b_list[m.name].append(h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype))
     finally:
         cap.remove()
     if cfg.aggregate == "outer":
@@ -168,13 +171,14 @@ def score_model(model, probes, draws: int = 8, estimator: str = "l1", aggregate:
     indices = [int(i) for i in probes["probe_index"]]
     stats = accumulate_scores(model, token_ids, indices, cfg, pad_id, progress)
     weights = {m.name: dict(model.named_modules())[m.name].weight for m in scored_modules(model)}
-    return finalize(stats, {k: w.detach().abs().float() for k, w in weights.items()}, len(indices))
+    return finalize(stats, {k: w.detach().abs().to(torch.float64) for k, w in weights.items()}, len(indices))
 
 
 def finalize(stats: dict, abs_w: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     if "outer" in stats:
-        return {k: abs_w[k].cpu() * v.cpu() / n for k, v in stats["outer"].items()}
-    return {k: abs_w[k].cpu() * (stats["a"][k].T.cpu() @ stats["b"][k].cpu()) / n for k in stats["a"]}
+        return {k: abs_w[k].cpu() * v.cpu().double() / n for k, v in stats["outer"].items()}
+    return {k: abs_w[k].cpu() * (stats["a"][k].T.cpu().double() @ stats["b"][k].cpu().double()) / n
+            for k in stats["a"]}
 
 
 def sha256_array(x: np.ndarray) -> str:

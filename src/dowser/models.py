@@ -1,0 +1,217 @@
+"""Find the language decoder of a (multimodal) LLM and the linear weights Dowser scores.
+
+    from dowser.models import load_model, scored_modules, trainable_modules
+    model, processor = load_model("/models/llava-1.5-7b-hf", dtype="bfloat16")
+    for m in trainable_modules(model, depth=20):   # the last 20 decoder blocks
+        print(m.block, m.name, m.shape)
+
+METHOD.md §1: the scored modules are every `nn.Linear` inside the language decoder's
+transformer blocks; embeddings, lm_head, norms, the vision tower and the projector are
+not scored. §3: only the last L blocks are fine-tuned.
+
+The decoder is found by structure, not by a list of attribute names. A language decoder
+reads token embeddings, so:
+
+1. The token embedding is `model.get_input_embeddings()` when that is an `nn.Embedding`
+   (a vision-only model answers with a patch Conv2d: it has no language decoder);
+   without that method, the largest `nn.Embedding` in the model.
+2. Candidate block lists are the `nn.ModuleList`s whose children all share one class and
+   each hold at least one `nn.Linear`, outside any vision encoder (a submodule whose
+   config is of the model's `vision_config` class, or whose `main_input_name` is
+   `pixel_values`).
+3. The decoder's blocks are the candidate closest to the token embedding in the module
+   tree (fewest steps down from their lowest common ancestor to the list): in
+   `LlamaModel` the embedding and `layers` are siblings, while a vision tower's layers sit
+   several levels down another branch, and an MoE expert list nested inside a block is
+   always farther than the block list itself. Ties go to the longer list.
+
+`model.get_decoder()`, when it returns a proper submodule holding a candidate, only
+narrows the search (an encoder-decoder LM's two stacks are equally close to their shared
+embedding); remote-code models (e.g. NVILA's `llm`) need no such method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# The dtypes a checkpoint is loaded in (METHOD.md §1: scores accumulate in fp32 whatever
+# the model's dtype, so bf16/fp16 models are fine to score).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ScoredModule:
+    """One scored linear map z = W h of the language decoder (METHOD.md §1)."""
+
+    block: int  # index of the decoder block (0-based, in order)
+    name: str  # full dotted name in model.named_modules()
+    shape: tuple[int, int]  # (d_out, d_in) of the weight
+
+
+def _token_embedding(model: nn.Module) -> tuple[str, nn.Embedding] | None:
+    """(dotted name, module) of the token embedding, or None for a model without one."""
+    names = {id(mod): name for name, mod in model.named_modules()}
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            emb = getter()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        else:
+            # A vision-only model's "input embedding" is a patch Conv2d: no tokens, no decoder.
+            if not isinstance(emb, nn.Embedding) or id(emb) not in names:
+                return None
+            return names[id(emb)], emb
+    embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not embeddings:
+        return None
+    return max(embeddings, key=lambda nm: nm[1].num_embeddings)
+
+
+def _vision_roots(model: nn.Module) -> list[str]:
+    """Dotted names of the proper submodules that are vision encoders."""
+    vision_config = getattr(getattr(model, "config", None), "vision_config", None)
+    roots = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        config = getattr(mod, "config", None)
+        is_vision_config = vision_config is not None and type(config) is type(vision_config)
+        is_pixel_model = str(getattr(mod, "main_input_name", "")).startswith("pixel_values")
+        if is_vision_config or is_pixel_model:
+            roots.append(name)
+    return roots
+
+
+def _is_block_list(mod: nn.Module) -> bool:
+    if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+        return False
+    if len({type(block) for block in mod}) != 1:
+        return False
+    return all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in mod)
+
+
+def _inside(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def _search_root(model: nn.Module) -> str:
+    """Prefix of the subtree to search: `get_decoder()` when it is a proper submodule,
+    else the whole model."""
+    getter = getattr(model, "get_decoder", None)
+    if not callable(getter):
+        return ""
+    try:
+        decoder = getter()
+    except (NotImplementedError, AttributeError, ValueError):
+        return ""
+    if decoder is model or not isinstance(decoder, nn.Module):
+        return ""
+    for name, mod in model.named_modules():
+        if mod is decoder:
+            return name
+    return ""
+
+
+def _steps_below_common_ancestor(name: str, other: str) -> int:
+    a, b = name.split("."), other.split(".")
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    return len(a) - common
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, list[nn.Module]]:
+    """(dotted prefix of the language decoder's block ModuleList, its blocks in order)."""
+    found = _token_embedding(model)
+    if found is None:
+        raise ValueError(f"cannot find the language decoder blocks of {type(model).__name__}")
+    emb_name = found[0]
+    excluded = _vision_roots(model)
+    lists: dict[str, nn.ModuleList] = {}
+    for name, mod in model.named_modules():
+        if name and _is_block_list(mod) and not any(_inside(name, v) for v in excluded):
+            lists[name] = mod
+    root = _search_root(model)
+    # An encoder-decoder LM shares one embedding between both stacks: get_decoder() decides.
+    lists = {n: m for n, m in lists.items() if _inside(n, root)} or lists
+    if not lists:
+        raise ValueError(f"cannot find the language decoder blocks of {type(model).__name__}")
+    best = min(lists, key=lambda n: (_steps_below_common_ancestor(n, emb_name), -len(lists[n])))
+    return best, list(lists[best])
+
+
+def num_blocks(model: nn.Module) -> int:
+    return len(decoder_blocks(model)[1])
+
+
+def scored_modules(model: nn.Module) -> list[ScoredModule]:
+    """Every nn.Linear inside the decoder blocks, in (block, registration) order."""
+    prefix, blocks = decoder_blocks(model)
+    out = []
+    for i, block in enumerate(blocks):
+        for sub, mod in block.named_modules():
+            if isinstance(mod, nn.Linear):
+                d_out, d_in = mod.weight.shape
+                out.append(ScoredModule(i, f"{prefix}.{i}.{sub}", (int(d_out), int(d_in))))
+    return out
+
+
+def trainable_modules(model: nn.Module, depth: int) -> list[ScoredModule]:
+    """The scored modules of the last `depth` decoder blocks (METHOD.md §3: last L layers)."""
+    n = num_blocks(model)
+    if depth < 1:
+        raise ValueError(f"depth L={depth} must be at least 1")
+    if depth > n:
+        raise ValueError(f"depth L={depth} is larger than the model's {n} decoder blocks")
+    return [m for m in scored_modules(model) if m.block >= n - depth]
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, list[int]]:
+    """{scored module name: [d_out, d_in]}: checks that a score or mask file fits a model."""
+    return {m.name: list(m.shape) for m in scored_modules(model)}
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a local checkpoint -> (model in eval mode, processor or tokenizer).
+
+    Image-text models load through AutoModelForImageTextToText; a config that class does
+    not know (a text-only LLM) falls back to AutoModelForCausalLM. Only safetensors are
+    read (no pickle from a checkpoint directory).
+    """
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path not found: {path}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    kwargs = dict(dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except ValueError as err:
+        # "Unrecognized configuration class ... for this kind of AutoModel": text-only.
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model.to(device)
+    model.eval()
+    return model, processor

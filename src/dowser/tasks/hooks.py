@@ -1,0 +1,147 @@
+"""Functions the shipped lm-eval YAMLs call (`!function dowser.tasks.hooks.<name>`).
+
+Docs are common-schema rows (`dowser.tasks`). Prompts follow lmms-eval's task files
+(EvolvingLMMs-Lab/lmms-eval, lmms_eval/tasks/<benchmark>/); each prompt begins with the
+`<image>` placeholder, which lm-eval's multimodal chat formatting turns into an image
+entry of the processor's chat template. Metric values are fractions (lm-eval's scale);
+`dowser.evaluate` reports them x100.
+"""
+
+from __future__ import annotations
+
+from dowser import metrics
+
+IMAGE = "<image>"
+SHORT = "\nAnswer the question using a single word or phrase."
+OKVQA_POST = ("\nWhen the provided information is insufficient, respond with 'Unanswerable'."
+              "\nAnswer the question using a single word or phrase.")
+MMBENCH_EN = ("There are several options:", "Answer with the option's letter from the given "
+              "choices directly.")
+MMBENCH_CN = ("有如下几个选项：", "请直接使用所提供的选项字母作为答案回答。")
+CAPTION = "Provide a one-sentence caption for the provided image."
+ICONQA_HEAD = "Given a set of images and a question, please provide the answer to the question.\n"
+ICONQA_TAIL = "Please answer with the option letter from the given choices directly."
+
+
+# --- data ---------------------------------------------------------------------------
+def load_docs(benchmark: str | None = None, data_root: str | None = None,
+              split: str | None = None, **_metadata):
+    """`custom_dataset` of every shipped task: one split in the common schema."""
+    import datasets
+
+    from dowser.tasks import load_split
+
+    if benchmark is None:
+        raise ValueError("dowser task config lacks dataset_kwargs.benchmark")
+    return datasets.DatasetDict({"test": load_split(benchmark, data_root, split)})
+
+
+def doc_to_image(doc):
+    return [doc["image"].convert("RGB")]
+
+
+# --- prompts ------------------------------------------------------------------------
+def world_text(doc) -> str:
+    return IMAGE + doc["question"]
+
+
+def short_answer_text(doc) -> str:  # GQA, OCR-VQA
+    return IMAGE + doc["question"] + SHORT
+
+
+def textvqa_text(doc) -> str:  # lmms-eval capitalizes; OCR tokens off (its default)
+    return IMAGE + doc["question"].capitalize() + SHORT
+
+
+def okvqa_text(doc) -> str:
+    return IMAGE + doc["question"] + OKVQA_POST
+
+
+def _options(choices, head: str) -> str:
+    return head + "\n" + "\n".join(f"{metrics.LETTERS[i]}. {c}" for i, c in enumerate(choices))
+
+
+def _mmbench(doc, head: str, tail: str) -> str:
+    hint = doc.get("hint") or ""
+    body = f"{doc['question']} {_options(doc['choices'], head)}"
+    return IMAGE + (f"{hint} {body}" if hint else body) + "\n" + tail
+
+
+def mmbench_en_text(doc) -> str:
+    return _mmbench(doc, *MMBENCH_EN)
+
+
+def mmbench_cn_text(doc) -> str:
+    return _mmbench(doc, *MMBENCH_CN)
+
+
+def caption_text(doc) -> str:
+    return IMAGE + CAPTION
+
+
+def iconqa_text(doc) -> str:
+    opts = "\n".join(f"{metrics.LETTERS[i]}. {c}" for i, c in enumerate(doc["choices"]))
+    return (IMAGE + ICONQA_HEAD + f"Question: {doc['question']}.\nOptions:\n{opts}\n"
+            + ICONQA_TAIL)
+
+
+def question_text(doc) -> str:  # UCIT ImageNet-R: the instruction is part of the question
+    return IMAGE + doc["question"]
+
+
+# --- per-example results ------------------------------------------------------------
+def _refs(doc) -> list[str]:
+    return list(doc.get("references") or [doc["answer"]])
+
+
+def exact_match_results(doc, results) -> dict:
+    return {"exact_match": metrics.exact_match(results[0], _refs(doc))}
+
+
+def vqa_results(doc, results) -> dict:
+    return {"vqa_acc": metrics.vqa_accuracy(results[0], _refs(doc))}
+
+
+def mc_letter_results(doc, results) -> dict:
+    ok = metrics.option_letter_match(results[0], doc["answer"], doc["choices"])
+    return {"mc_letter": (doc.get("group") or doc["id"], ok)}
+
+
+def iconqa_results(doc, results) -> dict:
+    """Exact match on the option text; an option letter is read as its option."""
+    pred, choices = results[0].strip(), list(doc["choices"])
+    letter = metrics.extract_option_letter(pred, choices) if len(pred) <= 3 else None
+    if letter is not None and metrics.LETTERS.index(letter) < len(choices):
+        pred = choices[metrics.LETTERS.index(letter)]
+    return {"exact_match": metrics.exact_match(pred, _refs(doc))}
+
+
+def cider_results(doc, results) -> dict:
+    return {"cider": (doc["id"], results[0], _refs(doc))}
+
+
+# --- corpus aggregations ------------------------------------------------------------
+def circular_mean(items) -> float:
+    return metrics.circular_accuracy(items)
+
+
+def cider_aggregate(items) -> float:
+    preds = {str(i): p for i, p, _ in items}
+    refs = {str(i): list(r) for i, _, r in items}
+    return metrics.cider_d(preds, refs)
+
+
+# --- label-restricted accuracy (log-likelihood over the closed answer set) -----------
+def label_choices(doc) -> list[str]:
+    """The closed answer set: `choices`, or their letters when the answer is a letter."""
+    choices = list(doc["choices"])
+    if doc["answer"] in choices:
+        return choices
+    letters = list(metrics.LETTERS[: len(choices)])
+    if doc["answer"] in letters:
+        return letters
+    raise ValueError(f"answer {doc['answer']!r} of {doc['id']!r} is not among its choices")
+
+
+def label_target(doc) -> int:
+    return label_choices(doc).index(doc["answer"])

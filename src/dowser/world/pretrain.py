@@ -1,0 +1,251 @@
+"""Pretrain the world base model on the upstream train splits.
+
+Regenerate the shipped base model (default WorldConfig, ~15-20 min on one core):
+
+    python -m dowser.world.pretrain --out src/dowser/world/shipped
+
+A short run for experiments: `... --out /tmp/m --set pretrain_steps=200 --set seed=1`.
+Writes `save_pretrained` model + processor, `pretrain_metrics.json` and `world_spec.json`.
+Deterministic for a given config: seeded init and batches, fixed thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dowser.world.config import WORLD_VERSION, WorldConfig
+from dowser.world.tasks import CHANCE, UPSTREAM, generate_task_data
+from dowser.world.tokenizer import CLIP_MEAN, CLIP_STD, format_prompt
+
+IGNORE = -100
+
+
+def load_split(path: Path, processor, cfg: WorldConfig) -> dict:
+    """A parquet split as tensors: pixel_values (N,3,H,W), prompt ids, answer ids."""
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    table = pq.read_table(path).to_pydict()
+    mean = np.array(CLIP_MEAN, dtype=np.float32)
+    std = np.array(CLIP_STD, dtype=np.float32)
+    pixels = np.stack(
+        [np.asarray(Image.open(io.BytesIO(im["bytes"])).convert("RGB")) for im in table["image"]]
+    )
+    pixels = ((pixels.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+    tok = processor.tokenizer
+    n_img = (cfg.image_size // cfg.patch_size) ** 2
+    image_id = tok.convert_tokens_to_ids("<image>")
+    cache: dict[str, list[int]] = {}
+    prompts = []
+    for q in table["question"]:
+        if q not in cache:
+            ids = tok(format_prompt(processor, q), add_special_tokens=False)["input_ids"]
+            cache[q] = [t for i in ids for t in ([i] * n_img if i == image_id else [i])]
+        prompts.append(cache[q])
+    answers = [
+        tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in table["answer"]
+    ]
+    return {
+        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels)),
+        "prompts": prompts,
+        "answers": answers,
+        "answer_text": table["answer"],
+    }
+
+
+def make_batch(data: dict, idx, pad_id: int) -> dict:
+    import torch
+
+    seqs = [data["prompts"][i] + data["answers"][i] for i in idx]
+    width = max(map(len, seqs))
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        p, a = data["prompts"][i], data["answers"][i]
+        ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[row, len(p) : len(p) + len(a)] = torch.tensor(a)
+        mask[row, : len(p) + len(a)] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "pixel_values": data["pixel_values"][list(idx)],
+    }
+
+
+def greedy_answers(model, processor, data: dict, max_new_tokens: int = 4, batch: int = 100):
+    """Greedy generation, batched by prompt length (no padding); decoded strings."""
+    import torch
+
+    tok = processor.tokenizer
+    out = [None] * len(data["prompts"])
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(data["prompts"]):
+        by_len.setdefault(len(p), []).append(i)
+    model.eval()
+    with torch.no_grad():
+        for idx_all in by_len.values():
+            for s in range(0, len(idx_all), batch):
+                idx = idx_all[s : s + batch]
+                ids = torch.tensor([data["prompts"][i] for i in idx])
+                gen = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pixel_values=data["pixel_values"][idx],
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                )
+                for i, row in zip(idx, gen[:, ids.shape[1] :]):
+                    out[i] = tok.decode(row, skip_special_tokens=True).strip()
+    return out
+
+
+def evaluate_upstream(model, processor, splits: dict) -> dict:
+    acc = {}
+    for task, data in splits.items():
+        preds = greedy_answers(model, processor, data)
+        acc[task] = float(np.mean([p == a for p, a in zip(preds, data["answer_text"])]))
+    return acc
+
+
+def _lr_lambda(cfg: WorldConfig):
+    def f(step: int) -> float:
+        if step < cfg.pretrain_warmup:
+            return (step + 1) / cfg.pretrain_warmup
+        t = (step - cfg.pretrain_warmup) / max(1, cfg.pretrain_steps - cfg.pretrain_warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = True,
+             eval_every: int = 0) -> dict:  # fmt: skip
+    import torch
+
+    from dowser.world.model import build_model, count_parameters
+    from dowser.world.tokenizer import build_processor
+
+    torch.set_num_threads(cfg.pretrain_threads)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    t0 = time.time()
+    processor = build_processor(cfg)
+    model = build_model(cfg, processor)
+    train = {t: load_split(data_dir / t / "train.parquet", processor, cfg) for t in UPSTREAM}
+    test = {t: load_split(data_dir / t / "test.parquet", processor, cfg) for t in UPSTREAM}
+    load_s = time.time() - t0
+
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    rng = np.random.default_rng([cfg.seed, 7919])
+    pad = processor.tokenizer.pad_token_id
+    curves, history, t_train = [], [], time.time()
+    window = []
+    for step in range(cfg.pretrain_steps):
+        model.train()
+        tasks = list(cfg.curriculum_tasks) if step < cfg.curriculum_steps else UPSTREAM
+        picks = rng.integers(0, len(tasks), size=cfg.pretrain_batch)
+        loss_sum, n_tok = 0.0, 0
+        # one forward per task keeps sequences of similar length together (less padding)
+        batches = []
+        for k, task in enumerate(tasks):
+            n = int((picks == k).sum())
+            if n:
+                idx = rng.integers(0, len(train[task]["prompts"]), size=n)
+                batches.append(make_batch(train[task], idx, pad))
+        total_tok = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+        for b in batches:
+            labels = b.pop("labels")
+            logits = model(**b).logits[:, :-1]
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                ignore_index=IGNORE, reduction="sum",
+            )  # fmt: skip
+            (loss / total_tok).backward()
+            loss_sum += float(loss)
+            n_tok += int((target != IGNORE).sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain_grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        window.append(loss_sum / n_tok)
+        if (step + 1) % 100 == 0 or step == 0:
+            curves.append({"step": step + 1, "loss": float(np.mean(window)),
+                           "elapsed_s": round(time.time() - t_train, 1)})  # fmt: skip
+            window = []
+            if progress:
+                print(json.dumps(curves[-1]), flush=True)
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < cfg.pretrain_steps:
+            acc = evaluate_upstream(model, processor, test)
+            history.append({"step": step + 1, **acc, "mean": float(np.mean(list(acc.values())))})
+            if progress:
+                print(json.dumps(history[-1]), flush=True)
+    train_s = time.time() - t_train
+
+    t_eval = time.time()
+    acc = evaluate_upstream(model, processor, test)
+    metrics = {
+        "version": WORLD_VERSION,
+        "split": "test",
+        "metric": "greedy generation exact match",
+        "accuracy": acc,
+        "mean_accuracy": float(np.mean(list(acc.values()))),
+        "chance": {t: CHANCE[t] for t in UPSTREAM},
+        "parameters": count_parameters(model),
+        "steps": cfg.pretrain_steps,
+        "load_s": round(load_s, 1),
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.time() - t_eval, 1),
+        "threads": cfg.pretrain_threads,
+        "loss_curve": curves,
+        "eval_history": history,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    spec = {"version": WORLD_VERSION, "config": cfg.to_dict()}
+    (out_dir / "world_spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    if progress:
+        print(json.dumps({"accuracy": acc, "mean": metrics["mean_accuracy"]}), flush=True)
+    return metrics
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, help="existing task data (default: generate to a temp dir)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--eval-every", type=int, default=0)
+    args = ap.parse_args(argv)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    cfg = WorldConfig.from_dict({k: _parse_value(v) for k, v in overrides.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            data = Path(tmp)
+            generate_task_data(cfg, data)
+        pretrain(cfg, data, args.out, eval_every=args.eval_every)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The ten world tasks: seeded generators and their parquet splits.
+
+    from dowser.world.tasks import generate_task_data
+    generate_task_data(WorldConfig(), Path("results/world/data"))
+    # -> results/world/data/<task>/{train,validation,test}.parquet
+
+Upstream tasks (pretraining skills, analogues of the paper's six):
+  world-textvqa     read the number drawn in the image -> "0".."9"
+  world-okvqa       a fact not in the pixels: the thing sharing the object's colour
+                    (red -> fire, blue -> sea, ...) -> one of six words
+  world-gqa         two objects: colour of a named shape, shape of a named colour, or
+                    "is the <shape> left of the <shape>" -> colour / shape / yes / no
+  world-count       how many objects -> "1".."4"
+  world-mmbench     4-option multiple choice on colour or shape -> "A".."D"
+  world-mmbench-cn  the same questions in a word-for-word second vocabulary
+                    (pinyin-like words; options jia/yi/bing/ding)
+Downstream tasks (never seen in pretraining; each changes output style or images):
+  world-coco        caption "two red circles on the left", five references -> CIDEr
+  world-flickr      caption in another style ("a small blue square near the top") -> CIDEr
+  world-imagenet-r  shape of a style-shifted rendering (outline, stripes, dots,
+                    inverted) -> shape word
+  world-iconqa      which icon appears most in a 3x3 icon grid -> icon word
+
+Simplifications (WORLD.md: simplify rather than leave a task at chance):
+  - textvqa reads single digits (10-way) in a 3x5 font at scale 3 (9x15 px); the prototype's
+    0-99 reading at 1-2 px strokes stayed at 0.02.
+  - objects are 8-16 px (two to four 4 px patches wide) and sit in distinct image quadrants,
+    so counting and left/right never depend on overlaps or 5 px objects.
+  - gqa places its two objects in different halves, so "left of" is always defined.
+  - mmbench asks about a single object (colour or shape), options in random order.
+  - pretraining starts with a curriculum phase on okvqa/gqa/count (config.curriculum_*).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dowser.world import scenes
+from dowser.world.config import WorldConfig
+from dowser.world.scenes import COLOURS, ICONS, SHAPES, STYLES
+
+UPSTREAM = [
+    "world-textvqa",
+    "world-okvqa",
+    "world-gqa",
+    "world-count",
+    "world-mmbench",
+    "world-mmbench-cn",
+]
+DOWNSTREAM = ["world-coco", "world-flickr", "world-imagenet-r", "world-iconqa"]
+TASKS = UPSTREAM + DOWNSTREAM
+TASK_METRIC = {t: "exact_match" for t in TASKS} | {"world-coco": "cider", "world-flickr": "cider"}
+SPLITS = ("train", "validation", "test")
+
+COLOUR_NAMES = tuple(COLOURS)
+DIGITS = tuple(str(i) for i in range(10))
+FACTS = {"red": "fire", "green": "grass", "blue": "sea", "yellow": "sun",
+         "purple": "grape", "white": "snow"}  # fmt: skip
+LETTERS = ("A", "B", "C", "D")
+NUMBER_WORDS = ("one", "two", "three")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+Q_TEXTVQA = "what number is written in the image ?"
+Q_OKVQA = "what thing has the same colour as the object ?"
+Q_COUNT = "how many objects are there ?"
+Q_COCO = "write a short caption for the image ."
+Q_FLICKR = "describe the picture in one sentence ."
+Q_IMAGENET_R = "what shape is shown in this drawing ?"
+Q_ICONQA = "which icon appears most often in the grid ?"
+COCO_TEMPLATES = (
+    "{num} {colour} {shapes} on the {side}",
+    "there {be} {num} {colour} {shapes} on the {side}",
+    "on the {side} there {be} {num} {colour} {shapes}",
+    "the {side} side has {num} {colour} {shapes}",
+    "{num} {colour} {shapes} {be} on the {side}",
+)
+FLICKR_TEMPLATES = (
+    "a {size} {colour} {shape} near the {vside}",
+    "a picture of a {size} {colour} {shape} near the {vside}",
+    "near the {vside} is a {size} {colour} {shape}",
+    "we see a {size} {colour} {shape} near the {vside}",
+    "the image shows a {size} {colour} {shape} near the {vside}",
+)
+# The second vocabulary of world-mmbench-cn: a fixed word-for-word translation.
+CN = {
+    "what": "shenme", "colour": "yanse", "shape": "xingzhuang", "is": "shi", "the": "zhe",
+    "object": "wuti", "options": "xuanxiang", "?": "?", ":": ":",
+    "A": "jia", "B": "yi", "C": "bing", "D": "ding",
+    "red": "hong", "green": "lv", "blue": "lan", "yellow": "huang", "purple": "zi",
+    "white": "bai", "circle": "yuan", "square": "fangkuai", "triangle": "sanjiao",
+    "cross": "shizi",
+}  # fmt: skip
+
+CHOICES = {
+    "world-textvqa": list(DIGITS),
+    "world-okvqa": list(FACTS.values()),
+    "world-gqa": list(COLOUR_NAMES) + list(SHAPES) + ["yes", "no"],
+    "world-count": ["1", "2", "3", "4"],
+    "world-mmbench": list(LETTERS),
+    "world-mmbench-cn": [CN[x] for x in LETTERS],
+    "world-coco": [],
+    "world-flickr": [],
+    "world-imagenet-r": list(SHAPES),
+    "world-iconqa": list(ICONS),
+}
+# Accuracy of uniform guessing among the answers valid for each question (gqa: mean over
+# its three equally likely question kinds: colour 1/6, shape 1/4, yes/no 1/2).
+CHANCE = {
+    "world-textvqa": 1 / 10,
+    "world-okvqa": 1 / 6,
+    "world-gqa": (1 / 6 + 1 / 4 + 1 / 2) / 3,
+    "world-count": 1 / 4,
+    "world-mmbench": 1 / 4,
+    "world-mmbench-cn": 1 / 4,
+    "world-imagenet-r": 1 / 4,
+    "world-iconqa": 1 / 3,
+}
+
+
+def _pick(rng, seq, k=None):
+    idx = rng.choice(len(seq), size=k, replace=False) if k else rng.integers(len(seq))
+    return [seq[i] for i in idx] if k else seq[idx]
+
+
+def _quadrant_objects(rng, img, cells, s_range, shapes, colours):
+    """Draw one object per (col, row) quadrant cell; sizes in s_range px."""
+    half = img.shape[0] / 2
+    for (qx, qy), shape, colour in zip(cells, shapes, colours):
+        s = rng.uniform(*s_range)
+        slack = (half - s) / 2
+        cx = qx * half + half / 2 + rng.uniform(-slack, slack)
+        cy = qy * half + half / 2 + rng.uniform(-slack, slack)
+        scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
+
+
+def _single_object(rng, img, s_range):
+    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    s = rng.uniform(*s_range)
+    size = img.shape[0]
+    cx, cy = rng.uniform(s / 2, size - s / 2, size=2)
+    scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
+    return shape, colour
+
+
+def gen_textvqa(rng, size):
+    img = scenes.background(rng, size)
+    digit = _pick(rng, DIGITS)
+    x, y = rng.integers(0, size - 9 + 1), rng.integers(0, size - 15 + 1)
+    scenes.draw_digit(img, digit, int(x), int(y), scenes.jitter_colour(rng, _pick(rng, COLOUR_NAMES)))
+    return img, Q_TEXTVQA, digit, [digit]
+
+
+def gen_okvqa(rng, size):
+    img = scenes.background(rng, size)
+    _, colour = _single_object(rng, img, (10, 16))
+    return img, Q_OKVQA, FACTS[colour], [FACTS[colour]]
+
+
+def gen_gqa(rng, size):
+    img = scenes.background(rng, size)
+    shapes, colours = _pick(rng, SHAPES, 2), _pick(rng, COLOUR_NAMES, 2)
+    rows = rng.integers(0, 2, size=2)
+    cells = [(0, int(rows[0])), (1, int(rows[1]))]  # object 0 left, object 1 right
+    _quadrant_objects(rng, img, cells, (9, 14), shapes, colours)
+    kind, i = rng.integers(3), int(rng.integers(2))
+    if kind == 0:
+        q, a = f"what colour is the {shapes[i]} ?", colours[i]
+    elif kind == 1:
+        q, a = f"what shape is the {colours[i]} object ?", shapes[i]
+    else:
+        q, a = f"is the {shapes[i]} left of the {shapes[1 - i]} ?", "yes" if i == 0 else "no"
+    return img, q, a, [a]
+
+
+def gen_count(rng, size):
+    img = scenes.background(rng, size)
+    n = int(rng.integers(1, 5))
+    cells = _pick(rng, [(0, 0), (0, 1), (1, 0), (1, 1)], n)
+    shapes = [_pick(rng, SHAPES) for _ in range(n)]
+    colours = [_pick(rng, COLOUR_NAMES) for _ in range(n)]
+    _quadrant_objects(rng, img, cells, (8, 13), shapes, colours)
+    return img, Q_COUNT, str(n), [str(n)]
+
+
+def _mmbench(rng, size):
+    img = scenes.background(rng, size)
+    shape, colour = _single_object(rng, img, (10, 16))
+    if rng.integers(2) == 0:
+        head, pool, truth = "what colour is the object ?", COLOUR_NAMES, colour
+    else:
+        head, pool, truth = "what shape is the object ?", SHAPES, shape
+    others = _pick(rng, [x for x in pool if x != truth], 3)
+    options = others + [truth]
+    order = rng.permutation(4)
+    options = [options[j] for j in order]
+    letter = LETTERS[options.index(truth)]
+    opts = " ".join(f"{L} {o}" for L, o in zip(LETTERS, options))
+    return img, f"{head} options : {opts}", letter
+
+
+def gen_mmbench(rng, size):
+    img, q, a = _mmbench(rng, size)
+    return img, q, a, [a]
+
+
+def gen_mmbench_cn(rng, size):
+    img, q, a = _mmbench(rng, size)
+    q, a = " ".join(CN[w] for w in q.split()), CN[a]
+    return img, q, a, [a]
+
+
+def gen_coco(rng, size):
+    img = scenes.background(rng, size)
+    n, shape, colour = int(rng.integers(1, 4)), _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    side = _pick(rng, ("left", "right"))
+    rows = sorted(_pick(rng, [0, 1, 2], n))
+    cell = size / 3
+    for r in rows:
+        s = rng.uniform(7, 10)
+        cx = (0 if side == "left" else size / 2) + size / 4 + rng.uniform(-2, 2)
+        cy = r * cell + cell / 2 + rng.uniform(-0.5, 0.5)
+        scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
+    fill = dict(num=NUMBER_WORDS[n - 1], colour=colour, side=side,
+                shapes=shape if n == 1 else PLURALS[shape], be="is" if n == 1 else "are")  # fmt: skip
+    refs = [t.format(**fill) for t in COCO_TEMPLATES]
+    return img, Q_COCO, refs[0], refs
+
+
+def gen_flickr(rng, size):
+    img = scenes.background(rng, size)
+    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    big, top = bool(rng.integers(2)), bool(rng.integers(2))
+    s = rng.uniform(13, 16) if big else rng.uniform(6, 8)
+    cx = rng.uniform(s / 2, size - s / 2)
+    cy = size / 4 + (0 if top else size / 2) + rng.uniform(-1, 1)
+    scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
+    fill = dict(size="big" if big else "small", colour=colour, shape=shape,
+                vside="top" if top else "bottom")  # fmt: skip
+    refs = [t.format(**fill) for t in FLICKR_TEMPLATES]
+    return img, Q_FLICKR, refs[0], refs
+
+
+def gen_imagenet_r(rng, size):
+    style = _pick(rng, STYLES)
+    img = scenes.background(rng, size, light=style == "inverted")
+    shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
+    s = rng.uniform(16, 24)
+    cx, cy = size / 2 + rng.uniform(-3, 3, size=2)
+    scenes.draw_styled(img, rng, shape, colour, cx, cy, s, style)
+    return img, Q_IMAGENET_R, shape, [shape]
+
+
+def gen_iconqa(rng, size):
+    img = scenes.background(rng, size)
+    names = list(ICONS)
+    k = int(rng.integers(2, 4))
+    types = _pick(rng, names, k)
+    while True:  # 9 cells, every type present, a unique most frequent one
+        assign = rng.integers(0, k, size=9)
+        counts = np.bincount(assign, minlength=k)
+        if counts.min() > 0 and (counts == counts.max()).sum() == 1:
+            break
+    colours = _pick(rng, COLOUR_NAMES, k)
+    rgbs = [scenes.jitter_colour(rng, c) for c in colours]
+    cell = (size - 2) // 3
+    for c, t in enumerate(assign):
+        x0, y0 = 1 + (c % 3) * cell, 1 + (c // 3) * cell
+        jx, jy = rng.integers(0, cell - 7 + 1, size=2)
+        scenes.draw_icon(img, types[t], int(x0 + jx), int(y0 + jy), rgbs[t])
+    answer = types[int(counts.argmax())]
+    return img, Q_ICONQA, answer, [answer]
+
+
+GENERATORS = {
+    "world-textvqa": gen_textvqa,
+    "world-okvqa": gen_okvqa,
+    "world-gqa": gen_gqa,
+    "world-count": gen_count,
+    "world-mmbench": gen_mmbench,
+    "world-mmbench-cn": gen_mmbench_cn,
+    "world-coco": gen_coco,
+    "world-flickr": gen_flickr,
+    "world-imagenet-r": gen_imagenet_r,
+    "world-iconqa": gen_iconqa,
+}
+
+
+def split_size(cfg: WorldConfig, task: str, split: str) -> int:
+    if split == "train":
+        return cfg.upstream_train_size if task in UPSTREAM else cfg.downstream_train_size
+    return cfg.validation_size if split == "validation" else cfg.test_size
+
+
+def generate_split(cfg: WorldConfig, task: str, split: str) -> dict:
+    """Columns of one split as Python lists; images as PNG bytes."""
+    rng = np.random.default_rng([cfg.seed, TASKS.index(task), SPLITS.index(split)])
+    cols = {k: [] for k in ("id", "image", "question", "answer", "references", "choices", "task")}
+    for i in range(split_size(cfg, task, split)):
+        img, q, a, refs = GENERATORS[task](rng, cfg.image_size)
+        cols["id"].append(f"{task}-{split}-{i:05d}")
+        cols["image"].append({"bytes": scenes.png_bytes(img), "path": None})
+        cols["question"].append(q)
+        cols["answer"].append(a)
+        cols["references"].append(refs)
+        cols["choices"].append(CHOICES[task])
+        cols["task"].append(task)
+    return cols
+
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "references": datasets.List(datasets.Value("string")),
+            "choices": datasets.List(datasets.Value("string")),
+            "task": datasets.Value("string"),
+        }
+    )
+
+
+def write_split(cols: dict, path: Path) -> None:
+    """Atomic parquet write; the schema carries `datasets` features (image -> PIL)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _features().arrow_schema
+    table = pa.Table.from_pydict(cols, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def generate_task_data(cfg: WorldConfig, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    for task in TASKS:
+        for split in SPLITS:
+            write_split(generate_split(cfg, task, split), out_dir / task / f"{split}.parquet")
+
+
+def vocabulary() -> list[str]:
+    """Every word any task can emit, in a fixed order (the tokenizer's vocabulary)."""
+    texts = [Q_TEXTVQA, Q_OKVQA, Q_COUNT, Q_COCO, Q_FLICKR, Q_IMAGENET_R, Q_ICONQA,
+             "what colour is the what shape is the object is the left of the ? options :",
+             "yes no big small top bottom left right", *COCO_TEMPLATES, *FLICKR_TEMPLATES]  # fmt: skip
+    words = [w for t in texts for w in t.split() if not w.startswith("{")]
+    words += [*DIGITS, *COLOUR_NAMES, *SHAPES, *PLURALS.values(), *FACTS.values(), *LETTERS]
+    words += [*NUMBER_WORDS, "is", "are", *ICONS, *CN.values()]
+    return list(dict.fromkeys(words))

@@ -1,0 +1,324 @@
+"""Tests for dowser.models on tiny random models built from configs (no model hub).
+
+Every vision tower below has 3 blocks and every language decoder 2, so a search that
+picked the vision encoder's list would fail the block and module counts.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from torch import nn
+
+from dowser.models import (
+    ScoredModule,
+    decoder_blocks,
+    load_model,
+    model_fingerprint,
+    num_blocks,
+    scored_modules,
+    trainable_modules,
+)
+
+torch.set_num_threads(1)
+
+VOCAB = 128
+IMAGE_TOKEN = 127
+TEXT = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    head_dim=8,
+)
+VISION = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+MROPE = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+# q, k, v, o, gate, up, down: every family below uses a Llama-style block.
+LINEARS_PER_BLOCK = 7
+
+
+def _llava():
+    cfg = T.LlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=IMAGE_TOKEN,
+    )
+    return T.LlavaForConditionalGeneration(cfg)
+
+
+def _llava_next():
+    cfg = T.LlavaNextConfig(
+        vision_config=T.CLIPVisionConfig(**VISION),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=IMAGE_TOKEN,
+    )
+    return T.LlavaNextForConditionalGeneration(cfg)
+
+
+def _qwen2_vl():
+    vision = dict(depth=3, embed_dim=16, hidden_size=16, num_heads=2, mlp_ratio=2, patch_size=14)
+    return T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(vision_config=vision, text_config=MROPE))
+
+
+def _qwen2_5_vl():
+    vision = dict(
+        depth=3, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+        patch_size=14, fullatt_block_indexes=[2],
+    )
+    cfg = T.Qwen2_5_VLConfig(vision_config=vision, text_config=MROPE)
+    return T.Qwen2_5_VLForConditionalGeneration(cfg)
+
+
+def _idefics3():
+    cfg = T.Idefics3Config(vision_config=VISION, text_config=dict(TEXT, model_type="llama"))
+    return T.Idefics3ForConditionalGeneration(cfg)
+
+
+def _paligemma():
+    cfg = T.PaliGemmaConfig(
+        vision_config=dict(VISION, model_type="siglip_vision_model"),
+        text_config=dict(TEXT, model_type="gemma"),
+    )
+    return T.PaliGemmaForConditionalGeneration(cfg)
+
+
+def _llama():
+    return T.LlamaForCausalLM(T.LlamaConfig(**TEXT))
+
+
+# family -> (builder, decoder prefix, submodule names a scored module must never lie in)
+FAMILIES = {
+    "llava": (_llava, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
+    "llava_next": (_llava_next, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
+    "qwen2_vl": (_qwen2_vl, "model.language_model.layers", ["model.visual"]),
+    "qwen2_5_vl": (_qwen2_5_vl, "model.language_model.layers", ["model.visual"]),
+    "idefics3": (_idefics3, "model.text_model.layers", ["model.vision_model", "model.connector"]),
+    "paligemma": (_paligemma, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
+    "llama": (_llama, "model.layers", []),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    build, prefix, vision = FAMILIES[request.param]
+    torch.manual_seed(0)
+    return build(), prefix, vision
+
+
+def _text_layers(model) -> int:
+    config = model.config
+    return getattr(config, "text_config", config).num_hidden_layers
+
+
+def test_decoder_blocks_found_by_structure(family):
+    model, prefix, _ = family
+    found, blocks = decoder_blocks(model)
+    assert found == prefix
+    assert len(blocks) == num_blocks(model) == _text_layers(model) == 2
+    assert [b is model.get_submodule(f"{prefix}.{i}") for i, b in enumerate(blocks)] == [True, True]
+
+
+def test_scored_modules_are_the_decoder_linears(family):
+    model, prefix, vision = family
+    scored = scored_modules(model)
+    assert len(scored) == num_blocks(model) * LINEARS_PER_BLOCK
+    assert all(isinstance(m, ScoredModule) for m in scored)
+    # Exactly the nn.Linear modules under the decoder's block list, nothing else.
+    expected = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]
+    assert [m.name for m in scored] == expected
+    emb_ids = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    for m in scored:
+        assert m.name.startswith(f"{prefix}.{m.block}.")
+        assert not any(m.name == v or m.name.startswith(v + ".") for v in vision)
+        assert "lm_head" not in m.name and "embed" not in m.name
+        module = model.get_submodule(m.name)
+        assert isinstance(module, nn.Linear) and id(module) not in emb_ids
+        assert m.shape == tuple(module.weight.shape) == (module.out_features, module.in_features)
+    assert [m.block for m in scored] == sorted(m.block for m in scored)
+    assert [m.block for m in scored] == [b for b in range(2) for _ in range(LINEARS_PER_BLOCK)]
+    # The vision tower does hold Linear layers: excluding them is not a vacuous pass.
+    for v in vision:
+        if any(isinstance(x, nn.Linear) for x in model.get_submodule(v).modules()):
+            break
+    else:
+        assert not vision
+
+
+def test_trainable_modules_take_the_last_blocks(family):
+    model, _, _ = family
+    scored = scored_modules(model)
+    last = trainable_modules(model, 1)
+    assert last == [m for m in scored if m.block == 1] and len(last) == LINEARS_PER_BLOCK
+    assert trainable_modules(model, 2) == scored
+    with pytest.raises(ValueError, match=r"^depth L=3 is larger than the model's 2 decoder blocks$"):
+        trainable_modules(model, 3)
+    with pytest.raises(ValueError, match=r"depth L=0"):
+        trainable_modules(model, 0)
+
+
+def test_fingerprint_lists_every_scored_shape(family):
+    model, _, _ = family
+    fp = model_fingerprint(model)
+    assert fp == {m.name: [m.shape[0], m.shape[1]] for m in scored_modules(model)}
+    assert all(isinstance(v, list) for v in fp.values())
+
+
+def test_no_decoder_raises_naming_the_class():
+    with pytest.raises(ValueError, match=r"^cannot find the language decoder blocks of Sequential$"):
+        scored_modules(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)))
+    clip = T.CLIPVisionModel(T.CLIPVisionConfig(**VISION))
+    with pytest.raises(ValueError, match=r"^cannot find the language decoder blocks of CLIPVisionModel$"):
+        decoder_blocks(clip)
+    # Token embedding but no block list.
+    bag = nn.ModuleDict({"embed": nn.Embedding(10, 4), "proj": nn.Linear(4, 4)})
+    with pytest.raises(ValueError, match="ModuleDict"):
+        num_blocks(bag)
+
+
+class _RemoteCodeVLM(nn.Module):
+    """NVILA-like layout: attributes `vision_tower`, `mm_projector`, `llm`; no config, no
+    get_decoder / get_input_embeddings, and a vision encoder that is a plain nn.Module
+    (no `main_input_name`), so only the distance to the token embedding can tell."""
+
+    def __init__(self):
+        super().__init__()
+        self.vision_tower = T.CLIPVisionModel(T.CLIPVisionConfig(**VISION)).vision_model
+        self.mm_projector = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16))
+        self.llm = _llama()
+
+
+def test_structure_alone_finds_the_decoder_of_an_unknown_wrapper():
+    model = _RemoteCodeVLM()
+    assert not hasattr(model.vision_tower, "main_input_name")
+    prefix, blocks = decoder_blocks(model)
+    assert prefix == "llm.model.layers" and len(blocks) == 2
+    assert len(scored_modules(model)) == 2 * LINEARS_PER_BLOCK
+
+
+class _Block(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.attn = nn.Linear(d, d)
+        self.mlp = nn.Linear(d, d)
+
+
+class _PixelEncoder(nn.Module):
+    main_input_name = "pixel_values"
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([_Block() for _ in range(3)])
+
+
+class _EmbeddingAtTheTop(nn.Module):
+    """The text and vision lists are equally far from the embedding (and the vision list
+    is longer): only recognising the vision encoder picks the right one."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(32, 8)
+        self.vision = _PixelEncoder()
+        self.text = nn.Module()
+        self.text.layers = nn.ModuleList([_Block() for _ in range(2)])
+
+
+def test_vision_encoder_is_excluded_even_when_as_close():
+    prefix, blocks = decoder_blocks(_EmbeddingAtTheTop())
+    assert prefix == "text.layers" and len(blocks) == 2
+
+
+def test_encoder_decoder_lm_takes_the_decoder_stack():
+    cfg = T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2)
+    model = T.T5ForConditionalGeneration(cfg)
+    prefix, blocks = decoder_blocks(model)
+    assert prefix == "decoder.block" and len(blocks) == 2
+    # self-attention q,k,v,o + cross-attention q,k,v,o + wi, wo
+    assert len(scored_modules(model)) == 2 * 10
+
+
+class _MoEBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 8)
+        self.experts = nn.ModuleList([nn.Sequential(nn.Linear(8, 8)) for _ in range(5)])
+
+
+class _MoE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(32, 8)
+        self.layers = nn.ModuleList([_MoEBlock() for _ in range(2)])
+
+
+def test_nested_expert_lists_stay_inside_their_block():
+    model = _MoE()
+    prefix, blocks = decoder_blocks(model)
+    assert prefix == "layers" and len(blocks) == 2
+    names = [m.name for m in scored_modules(model)]
+    assert len(names) == 2 * 6 and names[1] == "layers.0.experts.0.0"
+
+
+def _tokenizer(**extra):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(120)}
+    vocab.update({"<unk>": 120, "<s>": 121, "</s>": 122, "<pad>": 123, "<image>": IMAGE_TOKEN})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return T.PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", **extra
+    )
+
+
+def test_load_model_round_trip_text_only(tmp_path):
+    torch.manual_seed(0)
+    model = _llama()
+    model.save_pretrained(tmp_path)
+    _tokenizer().save_pretrained(tmp_path)
+    loaded, tok = load_model(tmp_path, dtype="bfloat16")
+    assert type(loaded) is T.LlamaForCausalLM and not loaded.training
+    assert model_fingerprint(loaded) == model_fingerprint(model)
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    name = scored_modules(model)[0].name
+    w = model.get_submodule(name).weight.to(torch.bfloat16)
+    assert torch.equal(loaded.get_submodule(name).weight, w)
+    assert tok("w1 w2 w5").input_ids == [1, 2, 5]
+
+
+def test_load_model_round_trip_image_text(tmp_path):
+    torch.manual_seed(0)
+    model = _llava()
+    model.save_pretrained(tmp_path)
+    processor = T.LlavaProcessor(
+        image_processor=T.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=_tokenizer(extra_special_tokens={"image_token": "<image>"}),
+        patch_size=14,
+        image_token="<image>",
+    )
+    processor.save_pretrained(tmp_path)
+    loaded, proc = load_model(str(tmp_path))
+    assert type(loaded) is T.LlavaForConditionalGeneration and not loaded.training
+    assert type(proc) is T.LlavaProcessor
+    assert model_fingerprint(loaded) == model_fingerprint(model)
+    for m in scored_modules(model):
+        assert torch.equal(loaded.get_submodule(m.name).weight, model.get_submodule(m.name).weight)
+
+
+def test_load_model_errors(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError) as err:
+        load_model(missing)
+    assert str(err.value) == f"model path not found: {missing}"
+    with pytest.raises(ValueError, match="dtype 'float64'"):
+        load_model(tmp_path, dtype="float64")
