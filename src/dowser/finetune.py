@@ -153,9 +153,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
             sched.step()
             opt.zero_grad()
         method.on_step(model, step)
+        loss = float(loss.detach())
         rate = (step + 1 - start) * cfg.batch_size / max(1e-9, time.time() - t0)
-        log.append({"step": step + 1, "epoch": epoch, "loss": float(loss), "lr": sched.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{float(loss):.3f}", samples_s=f"{rate:.0f}")
+        log.append({"step": step + 1, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0]})
+        bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             save_checkpoint(ckpt, params, opt, sched, step + 1, log)
         if stop_after is not None and step + 1 - start >= stop_after:
