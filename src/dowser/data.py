@@ -38,12 +38,15 @@ def read_rows(path, limit: int | None = None) -> pd.DataFrame:
 def sft_batch(processor, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
     """input_ids/attention_mask/pixel_values/labels; labels are -100 on prompt and padding."""
     tok = processor.tokenizer
-    tok.padding_side = "right"
-    images = [decode_image(v) for v in rows["image"]]
-    prompts = [user_prompt(processor, q) for q in rows["question"]]
-    texts = [f"{p} {a}{tok.eos_token}" for p, a in zip(prompts, rows["answer"])]
-    batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
-    prompt_len = processor(text=prompts, images=images, padding=True, return_tensors="pt")["attention_mask"].sum(1)
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        images = [decode_image(v) for v in rows["image"]]
+        prompts = [user_prompt(processor, q) for q in rows["question"]]
+        texts = [f"{p} {a}{tok.eos_token}" for p, a in zip(prompts, rows["answer"])]
+        batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
+        prompt_len = processor(text=prompts, images=images, padding=True, return_tensors="pt")["attention_mask"].sum(1)
+    finally:
+        tok.padding_side = side
     labels = batch["input_ids"].clone()
     positions = torch.arange(labels.shape[1])[None]
     labels[positions < prompt_len[:, None]] = -100
