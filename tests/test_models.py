@@ -14,6 +14,7 @@ from torch import nn
 from dowser.models import (
     ScoredModule,
     decoder_blocks,
+    download_model,
     load_model,
     model_fingerprint,
     num_blocks,
@@ -93,18 +94,31 @@ def _paligemma():
     return T.PaliGemmaForConditionalGeneration(cfg)
 
 
+def _mllama():
+    # Block 1 is a cross-attention block of another class: the list is heterogeneous.
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_global_layers=1, attention_heads=2,
+        image_size=28, patch_size=14, vision_output_dim=32, intermediate_layers_indices=[0],
+    )
+    text = dict(TEXT, pad_token_id=0, cross_attention_layers=[1])
+    cfg = T.MllamaConfig(vision_config=vision, text_config=text)
+    return T.MllamaForConditionalGeneration(cfg)
+
+
 def _llama():
     return T.LlamaForCausalLM(T.LlamaConfig(**TEXT))
 
 
+LLAVA_VISION = ["model.vision_tower", "model.multi_modal_projector"]
 # family -> (builder, decoder prefix, submodule names a scored module must never lie in)
 FAMILIES = {
-    "llava": (_llava, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
-    "llava_next": (_llava_next, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
+    "llava": (_llava, "model.language_model.layers", LLAVA_VISION),
+    "llava_next": (_llava_next, "model.language_model.layers", LLAVA_VISION),
     "qwen2_vl": (_qwen2_vl, "model.language_model.layers", ["model.visual"]),
     "qwen2_5_vl": (_qwen2_5_vl, "model.language_model.layers", ["model.visual"]),
     "idefics3": (_idefics3, "model.text_model.layers", ["model.vision_model", "model.connector"]),
-    "paligemma": (_paligemma, "model.language_model.layers", ["model.vision_tower", "model.multi_modal_projector"]),
+    "paligemma": (_paligemma, "model.language_model.layers", LLAVA_VISION),
+    "mllama": (_mllama, "model.language_model.layers", ["model.vision_model", "model.multi_modal_projector"]),
     "llama": (_llama, "model.layers", []),
 }
 
@@ -135,7 +149,8 @@ def test_scored_modules_are_the_decoder_linears(family):
     assert len(scored) == num_blocks(model) * LINEARS_PER_BLOCK
     assert all(isinstance(m, ScoredModule) for m in scored)
     # Exactly the nn.Linear modules under the decoder's block list, nothing else.
-    expected = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    expected = [n for n in linears if n.startswith(prefix + ".")]
     assert [m.name for m in scored] == expected
     emb_ids = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
     for m in scored:
@@ -193,7 +208,9 @@ class _RemoteCodeVLM(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.vision_tower = T.CLIPVisionModel(T.CLIPVisionConfig(**VISION)).vision_model
+        clip = T.CLIPVisionModel(T.CLIPVisionConfig(**VISION))
+        self.vision_tower = nn.Module()  # holds an nn.Embedding too (patch positions)
+        self.vision_tower.embeddings, self.vision_tower.encoder = clip.embeddings, clip.encoder
         self.mm_projector = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16))
         self.llm = _llama()
 
@@ -239,12 +256,30 @@ def test_vision_encoder_is_excluded_even_when_as_close():
 
 
 def test_encoder_decoder_lm_takes_the_decoder_stack():
-    cfg = T.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2)
+    cfg = T.T5Config(
+        vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=2, num_heads=2
+    )
     model = T.T5ForConditionalGeneration(cfg)
     prefix, blocks = decoder_blocks(model)
     assert prefix == "decoder.block" and len(blocks) == 2
     # self-attention q,k,v,o + cross-attention q,k,v,o + wi, wo
     assert len(scored_modules(model)) == 2 * 10
+
+
+class _WithProjectionList(nn.Module):
+    """Gemma-3n keeps a ModuleList of bare Linears (altup projections) beside `layers`."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(32, 8)
+        self.layers = nn.ModuleList([_Block() for _ in range(2)])
+        self.altup_projections = nn.ModuleList([nn.Linear(8, 8) for _ in range(5)])
+
+
+def test_a_list_of_bare_linears_is_not_a_block_stack():
+    model = _WithProjectionList()
+    assert decoder_blocks(model)[0] == "layers"
+    assert [m.name for m in scored_modules(model)][-1] == "layers.1.mlp"
 
 
 class _MoEBlock(nn.Module):
@@ -301,7 +336,9 @@ def test_load_model_round_trip_image_text(tmp_path):
     model = _llava()
     model.save_pretrained(tmp_path)
     processor = T.LlavaProcessor(
-        image_processor=T.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        image_processor=T.CLIPImageProcessor(
+            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+        ),
         tokenizer=_tokenizer(extra_special_tokens={"image_token": "<image>"}),
         patch_size=14,
         image_token="<image>",
@@ -322,3 +359,17 @@ def test_load_model_errors(tmp_path):
     assert str(err.value) == f"model path not found: {missing}"
     with pytest.raises(ValueError, match="dtype 'float64'"):
         load_model(tmp_path, dtype="float64")
+
+
+def test_download_model_from_a_local_folder(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    model = _llama()
+    model.save_pretrained(src)
+    _tokenizer().save_pretrained(src)
+    assert download_model({"name": str(src), "revision": None}, out) == out
+    loaded, _ = load_model(out)
+    assert model_fingerprint(loaded) == model_fingerprint(model)
+    name = scored_modules(model)[-1].name
+    assert torch.equal(loaded.get_submodule(name).weight, model.get_submodule(name).weight)
+    with pytest.raises(FileNotFoundError, match="model path not found"):
+        download_model({"name": str(tmp_path / "nope")}, tmp_path / "out2")

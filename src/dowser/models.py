@@ -1,7 +1,8 @@
 """Find the language decoder of a (multimodal) LLM and the linear weights Dowser scores.
 
-    from dowser.models import load_model, scored_modules, trainable_modules
-    model, processor = load_model("/models/llava-1.5-7b-hf", dtype="bfloat16")
+    from dowser.models import download_model, load_model, scored_modules, trainable_modules
+    download_model({"name": "llava-hf/llava-1.5-7b-hf", "revision": None}, "/models/llava")
+    model, processor = load_model("/models/llava", dtype="bfloat16")
     for m in trainable_modules(model, depth=20):   # the last 20 decoder blocks
         print(m.block, m.name, m.shape)
 
@@ -15,8 +16,8 @@ reads token embeddings, so:
 1. The token embedding is `model.get_input_embeddings()` when that is an `nn.Embedding`
    (a vision-only model answers with a patch Conv2d: it has no language decoder);
    without that method, the largest `nn.Embedding` in the model.
-2. Candidate block lists are the `nn.ModuleList`s whose children all share one class and
-   each hold at least one `nn.Linear`, outside any vision encoder (a submodule whose
+2. Candidate block lists are the `nn.ModuleList`s whose children each hold (and are not
+   themselves) an `nn.Linear`, outside any vision encoder (a submodule whose
    config is of the model's `vision_config` class, or whose `main_input_name` is
    `pixel_values`).
 3. The decoder's blocks are the candidate closest to the token embedding in the module
@@ -32,15 +33,20 @@ embedding); remote-code models (e.g. NVILA's `llm`) need no such method.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 # The dtypes a checkpoint is loaded in (METHOD.md §1: scores accumulate in fp32 whatever
 # the model's dtype, so bf16/fp16 models are fine to score).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Files a checkpoint folder needs: load_model reads safetensors only; *.py is remote code
+# (NVILA); subfolders (NVILA's llm/, vision_tower/) match too, as fnmatch's * spans "/".
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja", "*.tiktoken"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ def _vision_roots(model: nn.Module) -> list[str]:
         if not name:
             continue
         config = getattr(mod, "config", None)
-        is_vision_config = vision_config is not None and type(config) is type(vision_config)
+        is_vision_config = isinstance(vision_config, PretrainedConfig) and type(config) is type(vision_config)
         is_pixel_model = str(getattr(mod, "main_input_name", "")).startswith("pixel_values")
         if is_vision_config or is_pixel_model:
             roots.append(name)
@@ -88,11 +94,14 @@ def _vision_roots(model: nn.Module) -> list[str]:
 
 
 def _is_block_list(mod: nn.Module) -> bool:
+    # A block holds Linear layers; a list of bare Linears (Gemma-3n's altup projections)
+    # is not a stack of blocks. Classes may differ: Mllama interleaves cross-attention blocks.
     if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
         return False
-    if len({type(block) for block in mod}) != 1:
-        return False
-    return all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in mod)
+    return all(
+        not isinstance(block, nn.Linear) and any(isinstance(m, nn.Linear) for m in block.modules())
+        for block in mod
+    )
 
 
 def _inside(name: str, prefix: str) -> bool:
@@ -215,3 +224,24 @@ def load_model(
     model.to(device)
     model.eval()
     return model, processor
+
+
+def download_model(spec: dict, out: str | Path) -> Path:
+    """Materialise the base model of a 'hub' model spec (keys `name`, `revision`) as the
+    local folder `out`: a local `name` is copied (not linked: a later save_pretrained into
+    the source rewrites its files in place, which would change a cached base model); a hub
+    name is fetched with huggingface_hub at `revision`, checkpoint files only."""
+    name, revision, out = spec["name"], spec.get("revision"), Path(out)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        shutil.copytree(local, out, ignore=shutil.ignore_patterns(".*"))
+    elif local.exists() or name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model path not found: {name} (a checkpoint folder or a hub name)")
+    else:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=name, revision=revision, local_dir=out, allow_patterns=CHECKPOINT_FILES)
+        shutil.rmtree(out / ".cache", ignore_errors=True)
+    if not (out / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in the model folder {name}")
+    return out
