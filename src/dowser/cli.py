@@ -49,13 +49,13 @@ def cmd_model(args):
 
 
 def cmd_probe(args):
-    from dowser.models import load_model
+    from dowser.models import load_artifact
     from dowser.probe import synthesize_probes
 
     spec, started = _spec(args), time.time()
     if spec["image"] != "none":
         raise ValueError(f"probe.image: '{spec['image']}' is not supported yet (only 'none')")
-    model, processor = load_model(args.model)
+    model, processor = load_artifact(args.model)
     probes = synthesize_probes(model, processor, spec["n"], spec["seed_len"], spec["new_tokens"],
                                spec["temperature"], spec["seed"], progress=True)
     with atomic_path(Path(args.out)) as tmp:
@@ -65,25 +65,35 @@ def cmd_probe(args):
 
 
 def cmd_score(args):
-    from dowser.models import load_model
-    from dowser.probe import load_probes
+    from dowser.models import load_artifact
     from dowser.score import ScoreConfig, accumulate_scores, write_shard
 
     spec = _spec(args)
-    model, processor = load_model(args.model)
-    probes = load_probes(args.probes)
+    model, processor = load_artifact(args.model)
     n = spec["shards"]
     if not 0 <= args.shard < n:
         raise ValueError(f"--shard {args.shard} is outside 0..{n - 1}")
-    mine = probes[probes["probe_index"] % n == args.shard]
+    if spec.get("source", "probes") == "task":
+        from dowser.data import read_rows, scoring_inputs
+        from dowser.tasks import training_split
+
+        rows = read_rows(training_split(spec["task"], Path(args.data)), limit=spec["samples"])
+        total, indices = len(rows), [i for i in range(len(rows)) if i % n == args.shard]
+        token_ids, pixels = scoring_inputs(processor, rows.iloc[indices])
+    else:
+        from dowser.probe import load_probes
+
+        probes = load_probes(args.probes)
+        mine = probes[probes["probe_index"] % n == args.shard]
+        total, indices = len(probes), mine["probe_index"].tolist()
+        token_ids, pixels = [list(x) for x in mine["token_ids"]], None
     cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
                       args.batch_size)
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    stats = accumulate_scores(model, [list(x) for x in mine["token_ids"]], mine["probe_index"].tolist(), cfg,
-                              pad, progress=True)
+    stats = accumulate_scores(model, token_ids, indices, cfg, pad, progress=True, pixel_values=pixels)
     with atomic_path(Path(args.out)) as tmp:
-        write_shard(tmp, model, stats, mine["probe_index"].tolist(), len(probes), args.spec)
+        write_shard(tmp, model, stats, indices, total, args.spec)
 
 
 def cmd_merge(args):
@@ -102,18 +112,27 @@ def cmd_mask(args):
     from dowser.score import load_scores
 
     spec, started = _spec(args), time.time()
-    method = get_method(spec["method"])
-    scores = None
+    method = get_method(spec["method"], spec.get("params"))
+    scores, extra = None, {}
     if method.needs_scores:
         scores = load_scores(args.scores)
         shapes = {k: tuple(v.shape) for k, v in scores.items()}
     else:
-        from dowser.models import load_model, scored_modules
+        from dowser.models import load_artifact, scored_modules
 
-        model, _ = load_model(args.model)
+        # wanda runs the probes through the model: on the GPU when there is one
+        model, processor = load_artifact(args.model, device=None if method.needs_probes else "cpu")
         shapes = {m.name: m.shape for m in scored_modules(model)}
+        extra["model"] = model
+        if method.needs_probes:
+            from dowser.probe import load_probes
+
+            if not args.probes:
+                raise ValueError(f"method '{spec['method']}' needs the probes (--probes)")
+            tok = getattr(processor, "tokenizer", processor)
+            extra.update(probes=load_probes(args.probes), pad_id=tok.pad_token_id or 0)
     ctx = MaskContext(shapes=shapes, rho=spec["rho"], scope=spec["scope"], selection=spec["selection"],
-                      seed=spec["seed"], scores=scores)
+                      seed=spec["seed"], scores=scores, extra=extra)
     masks = method.build_mask(ctx)
     out = Path(args.out)
     with atomic_path(out) as tmp:
@@ -125,6 +144,12 @@ def cmd_mask(args):
 def cmd_finetune(args):
     from dowser.finetune import finetune
 
+    if args.parent:  # post-hoc methods edit the cached Full-FT run instead of training
+        from dowser.posthoc import run_posthoc
+
+        print(json.dumps(run_posthoc(_spec(args), Path(args.model), Path(args.data), Path(args.out),
+                                     Path(args.parent))))
+        return
     result = finetune(_spec(args), Path(args.model), Path(args.data), Path(args.out),
                       Path(args.mask) if args.mask else None)
     print(json.dumps(result))
@@ -151,6 +176,19 @@ def cmd_evaluate(args):
         write_spec(tmp, args.spec, started)
 
 
+def cmd_stability(args):
+    from dowser.score import load_scores
+    from dowser.stability import stability_table
+
+    spec, started = _spec(args), time.time()
+    table = stability_table(load_scores(args.a), load_scores(args.b), top=spec["top"])
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    write_spec(out.parent, args.spec, started)
+    print(table[table.module == "pooled"].to_string(index=False))
+
+
 def cmd_report(args):
     from dowser.report import write_report
 
@@ -166,21 +204,22 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.set_defaults(fn=fn)
         for opt in opts:
-            p.add_argument(f"--{opt}", required=opt not in ("mask", "run", "scores", "model", "data"))
+            p.add_argument(f"--{opt}", required=opt not in ("mask", "run", "scores", "model", "data", "probes", "parent"))
         return p
 
     add("data", cmd_data, "spec", "out")
     add("model", cmd_model, "spec", "data", "out")
     add("probe", cmd_probe, "spec", "model", "out")
-    p = add("score", cmd_score, "spec", "model", "probes", "out")
+    p = add("score", cmd_score, "spec", "model", "probes", "data", "out")
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=8)
     p = add("merge", cmd_merge, "spec", "out")
     p.add_argument("--shards", nargs="+", required=True)
-    add("mask", cmd_mask, "spec", "scores", "model", "out")
-    add("finetune", cmd_finetune, "spec", "model", "data", "mask", "out")
+    add("mask", cmd_mask, "spec", "scores", "model", "probes", "out")
+    add("finetune", cmd_finetune, "spec", "model", "data", "mask", "parent", "out")
     p = add("evaluate", cmd_evaluate, "spec", "model", "run", "data", "out")
     p.add_argument("--batch-size", type=int, default=64)
+    add("stability", cmd_stability, "spec", "a", "b", "out")
     p = add("report", cmd_report, "out")
     p.add_argument("--evals", nargs="+", required=True)
 

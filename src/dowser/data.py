@@ -53,3 +53,11 @@ def sft_batch(processor, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
     return dict(batch)
+
+
+def scoring_inputs(processor, rows: pd.DataFrame) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Task samples as scorer inputs (real-data scores): token ids (image tokens expanded,
+    no padding) and one pixel tensor per sample."""
+    batch = sft_batch(processor, rows)
+    ids = [batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist() for i in range(len(rows))]
+    return ids, list(batch["pixel_values"])

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dowser.artifacts import atomic_path, write_json, write_spec
 from dowser.data import read_rows, sft_batch
 from dowser.methods import get_method
-from dowser.models import load_model, trainable_modules
+from dowser.models import load_artifact, trainable_modules
 from dowser.sparse import apply_masks, delta_state, load_delta_state, trainable_table
 
 
@@ -100,7 +100,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     cfg = TrainConfig.from_dict(spec["train"])
     method = get_method(spec["method"])
     torch.manual_seed(cfg.seed)
-    model, processor = load_model(model_path)
+    model, processor = load_artifact(model_path, device="cpu")  # accelerate places it
     masks = None
     if not method.dense:
         if mask_path is None:
@@ -199,7 +199,7 @@ def save_checkpoint(ckpt: Path, params, opt, sched, step: int, log: list) -> Non
 
 def load_finetuned(model_path: Path, run_dir: Path | None):
     """Base model + a run's delta (None: the base model itself)."""
-    model, processor = load_model(model_path)
+    model, processor = load_artifact(model_path)
     if run_dir is not None:
         path = Path(run_dir) / "delta.safetensors"
         try:

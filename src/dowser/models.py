@@ -245,3 +245,19 @@ def download_model(spec: dict, out: str | Path) -> Path:
     if not (out / "config.json").exists():
         raise FileNotFoundError(f"no config.json in the model folder {name}")
     return out
+
+
+def load_artifact(path: str | Path, device: str | None = None):
+    """Load a pipeline base model folder with the dtype and trust_remote_code of its spec.json
+    (written by the model stage); device: cuda when available unless given."""
+    import json
+
+    import torch
+
+    path = Path(path)
+    spec_file = path / "spec.json"
+    spec = json.loads(spec_file.read_text()) if spec_file.exists() else {}
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(path, dtype=spec.get("dtype", "float32"), device=device,
+                      trust_remote_code=bool(spec.get("trust_remote_code", False)))

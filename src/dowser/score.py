@@ -111,8 +111,11 @@ def _pad(batch_ids: list[list[int]], pad_id: int, device):
 
 
 def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int], cfg: ScoreConfig,
-                      pad_id: int = 0, progress: bool = False) -> dict:
+                      pad_id: int = 0, progress: bool = False, pixel_values: list | None = None) -> dict:
     """Sum over the given probes of the per-probe statistics, without |W|.
+
+    `pixel_values` (one image tensor per probe, VLMs): probes that carry an image, whose
+    `<image>` tokens are already expanded in `token_ids` (real-data scores, `probe.image`).
 
     Returns {"outer": {name: sum_n s_n^T |H_n| (d_out x d_in)}} or
     {"a": {name: (N, d_out)}, "b": {name: (N, d_in)}} for `factored`.
@@ -135,7 +138,11 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
             ids, attn = _pad(ids_b, pad_id, device)
             cap.reset()
             with torch.enable_grad():
-                out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden")
+                extra = {}
+                if pixel_values is not None:
+                    pix = torch.stack(pixel_values[start : start + cfg.batch_size]).to(device)
+                    extra["pixel_values"] = pix.to(param.dtype)
+                out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden", **extra)
                 f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
                 B, T, V = f.shape
                 for r in range(cfg.draws):

@@ -17,10 +17,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS_WITH_SCORE_MASK = ("dowser", "magnitude", "wanda")  # masks built from a score file
+METHODS_WITH_SCORE_MASK = ("dowser",)  # masks built from the merged score file
 METHODS_WITH_RANDOM_MASK = ("random",)
-DENSE_METHODS = ("full",)
-KNOWN_METHODS = DENSE_METHODS + METHODS_WITH_SCORE_MASK + METHODS_WITH_RANDOM_MASK
+METHODS_WITH_MODEL_MASK = ("magnitude", "wanda")  # masks built from the base model's weights
+METHODS_WITH_PROBE_MASK = ("wanda",)  # ... and the synthetic probes (||X_j|| over probe tokens)
+DENSE_METHODS = ("full", "spider", "lora")  # no mask: whole weights (spider gates each step) or adapters
+POST_HOC_METHODS = ("dare", "tailor", "grafting")  # edit the Full-FT run (RunSpec.parent); budget from rho
+KNOWN_METHODS = (DENSE_METHODS + METHODS_WITH_SCORE_MASK + METHODS_WITH_RANDOM_MASK + METHODS_WITH_MODEL_MASK
+                 + POST_HOC_METHODS)
 
 
 def canonical_json(obj: Any) -> str:
@@ -90,15 +94,31 @@ class ProbeSpec(Spec):
 
 @dataclass(frozen=True)
 class ScoreSpec(Spec):
+    """Scores from data-free probes (source 'probes', the method) or from the first `samples`
+    training samples of `task` (source 'task': the real-data reference of Appendix G)."""
+
     kind = "score"
     model: str
-    probe: str
+    probe: str | None
     estimator: str
     draws: int
     aggregate: str
     output: str
     shards: int
     seed: int
+    source: str = "probes"
+    task: str | None = None
+    samples: int | None = None
+
+
+@dataclass(frozen=True)
+class StabilitySpec(Spec):
+    """Hamming distance of top masks and Spearman correlation between two score files."""
+
+    kind = "stability"
+    a: str
+    b: str
+    top: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,8 @@ class MaskSpec(Spec):
     selection: str = "bottom"
     score: str | None = None
     seed: int | None = None
+    probe: str | None = None  # wanda: the probes its ||X_j|| comes from
+    params: dict | None = None  # finetune.method_params.<method>, if any
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,8 @@ class RunSpec(Spec):
     mask: str | None = None
     rho: float | None = None
     seed: int | None = None  # the mask's seed (random); also in the mask id, kept here for tables
+    parent: str | None = None  # post-hoc methods: the Full-FT run (same model, task, depth) they edit
+    params: dict | None = None  # finetune.method_params.<method>, if any
 
 
 @dataclass(frozen=True)
@@ -147,12 +171,14 @@ class Grid:
     data: DataSpec | None
     probe: ProbeSpec | None = None
     score: ScoreSpec | None = None
+    scores: dict[str, ScoreSpec] = field(default_factory=dict)
+    stability: StabilitySpec | None = None
     masks: dict[str, MaskSpec] = field(default_factory=dict)
     runs: dict[str, RunSpec] = field(default_factory=dict)
     evals: dict[str, EvalSpec] = field(default_factory=dict)
 
     def lookup(self, kind: str, id_: str) -> Spec:
-        table = {"masks": self.masks, "runs": self.runs, "evals": self.evals}
+        table = {"masks": self.masks, "runs": self.runs, "evals": self.evals, "score": self.scores}
         if kind in table:
             return table[kind][id_]
         spec = getattr(self, kind)
@@ -190,6 +216,9 @@ def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
     for method in ft["methods"]:
         if method not in KNOWN_METHODS:
             raise ValueError(f"finetune.methods: unknown method '{method}'; known: {', '.join(KNOWN_METHODS)}")
+    for method in ft.get("method_params") or {}:
+        if method not in KNOWN_METHODS:
+            raise ValueError(f"finetune.method_params: unknown method '{method}'")
     for rho in config["mask"]["rho"]:
         if not 0.0 < float(rho) < 1.0:
             raise ValueError(f"mask.rho: {rho} is outside (0, 1)")
@@ -217,7 +246,7 @@ def build_grid(config: dict) -> Grid:
     grid = Grid(model=model, data=data)
     methods = ft["methods"]
     needs_score = any(m in METHODS_WITH_SCORE_MASK for m in methods)
-    if needs_score:
+    if needs_score or any(m in METHODS_WITH_PROBE_MASK for m in methods):
         grid.probe = ProbeSpec(
             model=model.id,
             n=int(p["n"]),
@@ -227,6 +256,7 @@ def build_grid(config: dict) -> Grid:
             image=p["image"],
             seed=int(p["seed"]),
         )
+    if needs_score:
         grid.score = ScoreSpec(
             model=model.id,
             probe=grid.probe.id,
@@ -237,6 +267,15 @@ def build_grid(config: dict) -> Grid:
             shards=int(s["shards"]),
             seed=int(s["seed"]),
         )
+        grid.scores[grid.score.id] = grid.score
+    stab = config.get("stability")
+    if stab:
+        if grid.score is None:
+            raise ValueError("stability: needs a method that scores (e.g. dowser) in finetune.methods")
+        ref = dataclasses.replace(grid.score, probe=None, source="task", task=stab["task"],
+                                  samples=int(stab["samples"]))
+        grid.scores[ref.id] = ref
+        grid.stability = StabilitySpec(a=grid.score.id, b=ref.id, top=float(stab["top"]))
 
     train = dict(ft["train"])
     benchmarks = tuple(ev["upstream"]) + tuple(ev["downstream"])
@@ -247,12 +286,21 @@ def build_grid(config: dict) -> Grid:
         grid.evals[spec.id] = spec
 
     add_eval(None)
+    method_params = ft.get("method_params") or {}
+
+    def full_run(task: str, depth: int) -> RunSpec:
+        """The Full-FT run a post-hoc method edits: in the grid once, whether or not 'full' is listed."""
+        run = RunSpec(model=model.id, method="full", task=task, depth=int(depth), train=train)
+        grid.runs[run.id] = run
+        return run
+
     for method in methods:
+        params = method_params.get(method) or None
         for rho in [None] if method in DENSE_METHODS else [float(r) for r in mk["rho"]]:
             seeds = ft.get("random_seeds", [0]) if method in METHODS_WITH_RANDOM_MASK else [None]
             for seed in seeds:
                 mask = None
-                if rho is not None:
+                if rho is not None and method not in POST_HOC_METHODS:
                     mask = MaskSpec(
                         model=model.id,
                         method=method,
@@ -260,6 +308,8 @@ def build_grid(config: dict) -> Grid:
                         scope=mk["scope"],
                         score=grid.score.id if method in METHODS_WITH_SCORE_MASK else None,
                         seed=int(seed) if seed is not None else None,
+                        probe=grid.probe.id if method in METHODS_WITH_PROBE_MASK else None,
+                        params=params,
                     )
                     grid.masks[mask.id] = mask
                 for task in ft["tasks"]:
@@ -273,6 +323,8 @@ def build_grid(config: dict) -> Grid:
                             mask=mask.id if mask else None,
                             rho=rho,
                             seed=mask.seed if mask else None,
+                            parent=full_run(task, depth).id if method in POST_HOC_METHODS else None,
+                            params=params,
                         )
                         grid.runs[run.id] = run
                         add_eval(run)

@@ -1,21 +1,22 @@
 rule score_shard:
     input:
-        model=MODEL_DIR,
-        probes=lambda wc: f"results/probes/{GRID.score.probe}/probes.parquet",
+        unpack(get_score_inputs),
     output:
         "results/scores/{score}/shard-{k}-of-{n}.h5",
     log:
         "logs/score/{score}-{k}-of-{n}.log",
     params:
         spec=lambda wc: spec_json("score", wc.score),
-    threads: 1
+        src=lambda wc, input: opt("--probes", input.get("probes")) + " " + opt("--data", input.get("data")),
+    threads: job_threads("score_shard")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        gpu=job_gpus("score_shard"),
+        mem_mb=job_mem_mb("score_shard"),
+        runtime=job_runtime("score_shard"),
     conda:
         "../../envs/dowser.yaml"
     shell:
-        "dowser score --spec {params.spec:q} --model {input.model} --probes {input.probes}"
+        "dowser score --spec {params.spec:q} --model {input.model} {params.src}"
         " --shard {wildcards.k} --out {output} > {log} 2>&1"
 
 
@@ -29,6 +30,27 @@ rule merge_scores:
     params:
         spec=lambda wc: spec_json("score", wc.score),
     cache: "omit-software"
+    threads: job_threads("merge_scores")
+    resources:
+        gpu=job_gpus("merge_scores"),
+        mem_mb=job_mem_mb("merge_scores"),
+        runtime=job_runtime("merge_scores"),
+    conda:
+        "../../envs/dowser.yaml"
+    shell:
+        "dowser merge --spec {params.spec:q} --shards {input} --out {output} > {log} 2>&1"
+
+
+rule stability:
+    input:
+        a=lambda wc: f"results/scores/{GRID.stability.a}/scores.h5",
+        b=lambda wc: f"results/scores/{GRID.stability.b}/scores.h5",
+    output:
+        "results/stability/{stab}/stability.parquet",
+    log:
+        "logs/stability/{stab}.log",
+    params:
+        spec=lambda wc: GRID.stability.to_json(),
     threads: 1
     resources:
         mem_mb=4000,
@@ -36,4 +58,4 @@ rule merge_scores:
     conda:
         "../../envs/dowser.yaml"
     shell:
-        "dowser merge --spec {params.spec:q} --shards {input} --out {output} > {log} 2>&1"
+        "dowser stability --spec {params.spec:q} --a {input.a} --b {input.b} --out {output} > {log} 2>&1"
