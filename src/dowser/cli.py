@@ -192,7 +192,7 @@ def cmd_stability(args):
 def cmd_report(args):
     from dowser.report import write_report
 
-    summary = write_report([Path(p) for p in args.evals], Path(args.out))
+    summary = write_report([Path(p) for p in args.evals], Path(args.out), Path(args.html) if args.html else None)
     print(summary)
 
 
@@ -222,6 +222,7 @@ def main(argv=None) -> int:
     add("stability", cmd_stability, "spec", "a", "b", "out")
     p = add("report", cmd_report, "out")
     p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--html", help="folder for index.html and the plots")
 
     args = parser.parse_args(argv)
     try:

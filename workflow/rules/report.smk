@@ -2,15 +2,21 @@ rule report:
     input:
         get_eval_files(),
     output:
-        "results/tables/summary.parquet",
-        "results/tables/metrics.parquet",
+        summary="results/tables/summary.parquet",
+        metrics="results/tables/metrics.parquet",
+        paired="results/tables/paired.parquet",
+        html=report("results/report/index.html", category="Report"),
+        up_vs_down=report("results/report/up_vs_down.png", category="Plots"),
+        h_vs_depth=report("results/report/h_vs_depth.png", category="Plots"),
+        h_vs_rho=report("results/report/h_vs_rho.png", category="Plots"),
     log:
         "logs/report/report.log",
-    threads: 1
+    threads: job_threads("report")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        gpu=job_gpus("report"),
+        mem_mb=job_mem_mb("report"),
+        runtime=job_runtime("report"),
     conda:
         "../../envs/dowser.yaml"
     shell:
-        "dowser report --evals {input} --out results/tables > {log} 2>&1 && cat {log}"
+        "dowser report --evals {input} --out results/tables --html results/report > {log} 2>&1 && cat {log}"
