@@ -66,6 +66,9 @@ def test_spec_roundtrip():
     ({"mask__rho": [1.0]}, "mask.rho: 1.0 is outside (0, 1)"),
     ({"mask__rho": [0.0]}, "mask.rho: 0.0 is outside (0, 1)"),
     ({"finetune__depths": [2, 9]}, "finetune.depths: L=9 is larger than the model's 6 decoder blocks"),
+    ({"finetune__tasks": ["world-gqa"]}, "finetune.tasks: benchmark 'world-gqa' has no training split"),
+    ({"finetune__tasks": ["world-nope"]}, "finetune.tasks: unknown benchmark 'world-nope'"),
+    ({"evaluate__upstream": ["textvqa", "bogus"]}, "evaluate.upstream: unknown benchmark 'bogus'"),
 ])
 def test_bad_grid_config(changes, message):
     with pytest.raises(ValueError) as e:

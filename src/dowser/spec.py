@@ -219,6 +219,23 @@ def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
     for method in ft.get("method_params") or {}:
         if method not in KNOWN_METHODS:
             raise ValueError(f"finetune.method_params: unknown method '{method}'")
+    from dowser.tasks import get_task
+
+    for key in ("upstream", "downstream"):
+        for name in config["evaluate"][key]:
+            try:
+                get_task(name)
+            except ValueError as e:
+                raise ValueError(f"evaluate.{key}: {e}") from None
+    for name in ft["tasks"]:
+        try:
+            info = get_task(name)
+        except ValueError as e:
+            raise ValueError(f"finetune.tasks: {e}") from None
+        if info.train_split is None:
+            raise ValueError(f"finetune.tasks: benchmark '{name}' has no training split")
+        if name not in config["evaluate"]["downstream"]:
+            raise ValueError(f"finetune.tasks: '{name}' is not in evaluate.downstream (A_down needs it)")
     for rho in config["mask"]["rho"]:
         if not 0.0 < float(rho) < 1.0:
             raise ValueError(f"mask.rho: {rho} is outside (0, 1)")
@@ -240,6 +257,8 @@ def build_grid(config: dict) -> Grid:
     if model.source == "world":
         data = DataSpec(world=model.world)
         num_blocks = int(model.world["config"]["text_layers"])
+    else:
+        num_blocks = config["model"].get("blocks")  # hub models: optional, checks depths early
     check_grid_config(config, num_blocks)
 
     p, s, mk, ft, ev = (config[k] for k in ("probe", "score", "mask", "finetune", "evaluate"))

@@ -1,0 +1,41 @@
+"""Every shipped config validates against the schema and expands into a grid."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from dowser.spec import build_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def merged(path):
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load(Path(path).read_text()))
+    return cfg
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "tests/e2e/reduced.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_config_is_valid(path):
+    cfg = merged(path)
+    validate(cfg, schema=SCHEMA)
+    grid = build_grid(cfg)
+    assert grid.runs and grid.evals
+
+
+def test_unknown_key_is_rejected():
+    import copy
+
+    from snakemake.exceptions import WorkflowError
+
+    cfg = copy.deepcopy(BASE)
+    cfg["score"]["draw"] = 8
+    with pytest.raises(WorkflowError, match="draw"):
+        validate(cfg, schema=SCHEMA)
