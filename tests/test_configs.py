@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
-
-from dowser.spec import build_grid
+from dowser.spec import build_grid, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -25,7 +23,7 @@ def merged(path):
                          ids=lambda p: p.name)
 def test_shipped_config_is_valid(path):
     cfg = merged(path)
-    validate(cfg, schema=SCHEMA)
+    validate_config(cfg, SCHEMA)
     grid = build_grid(cfg)
     assert grid.runs and grid.evals
 
@@ -33,9 +31,11 @@ def test_shipped_config_is_valid(path):
 def test_unknown_key_is_rejected():
     import copy
 
-    from snakemake.exceptions import WorkflowError
-
     cfg = copy.deepcopy(BASE)
     cfg["score"]["draw"] = 8
-    with pytest.raises(WorkflowError, match="draw"):
-        validate(cfg, schema=SCHEMA)
+    with pytest.raises(ValueError, match=r"^score: Additional properties are not allowed \('draw' was unexpected\)$"):
+        validate_config(cfg, SCHEMA)
+    cfg = copy.deepcopy(BASE)
+    cfg["mask"]["scope"] = "layer"
+    with pytest.raises(ValueError, match="^mask.scope: 'layer' is not one of"):
+        validate_config(cfg, SCHEMA)

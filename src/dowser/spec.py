@@ -210,6 +210,19 @@ def model_spec(config: dict) -> ModelSpec:
     )
 
 
+def validate_config(config: dict, schema_path: str) -> None:
+    """JSON-schema check with one line naming the offending key (ValueError)."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "config"
+        raise ValueError(f"{where}: {error.message}")
+
+
 def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
     """Semantic checks the JSON schema cannot express; one line naming the key."""
     ft = config["finetune"]
