@@ -62,3 +62,19 @@ def test_probes_are_deterministic(world_model_dir):
 def test_missing_model_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="model path not found"):
         dowser.load_model(tmp_path / "nope")
+
+
+def test_noise_image_probes_score(world_model_dir):
+    from dowser.probe import noise_image_inputs
+    from dowser.score import ScoreConfig, accumulate_scores
+
+    model, processor = dowser.load_model(world_model_dir)
+    probes = dowser.synthesize_probes(model, processor, n=2, seed_len=4, new_tokens=4)
+    ids, pixels = noise_image_inputs(processor, probes)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert all(row.count(image_id) == model.config.image_seq_length for row in ids)
+    again = noise_image_inputs(processor, probes)[1]
+    assert all(torch.equal(a, b) for a, b in zip(pixels, again))  # seeded by the probe
+    stats = accumulate_scores(model, ids, [0, 1], ScoreConfig(draws=2), pixel_values=pixels)
+    vision = [n for n, p in model.named_parameters() if "vision" in n]
+    assert vision and all(torch.isfinite(v).all() and v.sum() > 0 for v in stats["outer"].values())

@@ -53,11 +53,10 @@ def cmd_probe(args):
     from dowser.probe import synthesize_probes
 
     spec, started = _spec(args), time.time()
-    if spec["image"] != "none":
-        raise ValueError(f"probe.image: '{spec['image']}' is not supported yet (only 'none')")
     model, processor = load_artifact(args.model)
     probes = synthesize_probes(model, processor, spec["n"], spec["seed_len"], spec["new_tokens"],
                                spec["temperature"], spec["seed"], progress=True)
+    probes["image"] = spec["image"]  # the scorer pairs 'noise' probes with random-pixel images
     with atomic_path(Path(args.out)) as tmp:
         tmp.mkdir()
         probes.to_parquet(tmp / "probes.parquet", index=False)
@@ -86,7 +85,12 @@ def cmd_score(args):
         probes = load_probes(args.probes)
         mine = probes[probes["probe_index"] % n == args.shard]
         total, indices = len(probes), mine["probe_index"].tolist()
-        token_ids, pixels = [list(x) for x in mine["token_ids"]], None
+        if "image" in mine and (mine["image"] == "noise").any():
+            from dowser.probe import noise_image_inputs
+
+            token_ids, pixels = noise_image_inputs(processor, mine)
+        else:
+            token_ids, pixels = [list(x) for x in mine["token_ids"]], None
     cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
                       args.batch_size)
     tok = getattr(processor, "tokenizer", processor)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
+
+IMAGE_MODES = ("none", "noise")
 
 
 def probe_rng_seed(seed: int, index: int) -> int:
@@ -80,6 +83,24 @@ def synthesize_probes(
             }
         )
     return pd.DataFrame(rows)
+
+
+def noise_image_inputs(processor, probes: pd.DataFrame, size: int = 64):
+    """`probe.image: noise`: each probe's text after the processor's image token, with a
+    random-pixel image seeded by the probe's rng_seed -> (token ids, pixel tensors)."""
+    from PIL import Image
+
+    token = getattr(processor, "image_token", None)
+    if token is None or not hasattr(processor, "image_processor"):
+        raise ValueError("probe.image 'noise' needs a multimodal processor with an image token")
+    ids, pixels = [], []
+    for seed, text in zip(probes["rng_seed"], probes["text"]):
+        rng = np.random.default_rng(int(seed))
+        image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        out = processor(text=[f"{token} {text}"], images=[image], return_tensors="pt")
+        ids.append(out["input_ids"][0].tolist())
+        pixels.append(out["pixel_values"][0])
+    return ids, pixels
 
 
 def load_probes(path) -> pd.DataFrame:
