@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_llama
+from tinymodels import tiny_llama
 from dowser.models import scored_modules
 from dowser.score import (ScoreConfig, accumulate_scores, draw_seed, finalize, load_scores, merge_shards,
                           rademacher, score_model, write_shard)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_llama
+from tinymodels import tiny_llama
 from dowser.mask import build_masks, random_scores
 from dowser.models import scored_modules, trainable_modules
 from dowser.sparse import apply_masks, delta_state, load_delta_state, remove_masks, trainable_table

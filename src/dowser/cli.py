@@ -208,7 +208,8 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.set_defaults(fn=fn)
         for opt in opts:
-            p.add_argument(f"--{opt}", required=opt not in ("mask", "run", "scores", "model", "data", "probes", "parent"))
+            optional = ("mask", "run", "scores", "model", "data", "probes", "parent")
+            p.add_argument(f"--{opt}", required=opt not in optional)
         return p
 
     add("data", cmd_data, "spec", "out")

@@ -30,7 +30,8 @@ from dowser.artifacts import atomic_path, write_json, write_spec
 from dowser.data import read_rows, sft_batch
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
-from dowser.sparse import apply_masks, delta_state, load_delta_state, trainable_table
+from dowser.recompute import recompute_sparse_weights
+from dowser.sparse import delta_state, load_delta_state, trainable_table
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     started = time.time()
     out_dir = Path(out_dir)
     cfg = TrainConfig.from_dict(spec["train"])
-    method = get_method(spec["method"])
+    method = get_method(spec["method"], spec.get("params"))
+    if method.post_hoc:
+        raise ValueError(f"method '{spec['method']}' is post-hoc: it edits a Full-FT run (--parent)")
     torch.manual_seed(cfg.seed)
     model, processor = load_artifact(model_path, device="cpu")  # accelerate places it
     masks = None
@@ -108,10 +111,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         from dowser.mask import load_masks
 
         masks = {k: v for k, v in load_masks(mask_path).items()}
-    params = apply_masks(model, masks, int(spec["depth"]))
+    params = method.prepare(model, masks, int(spec["depth"]))  # default: dowser.sparse.apply_masks
     table = trainable_table(model)
     n_trainable = sum(r["trainable"] for r in table)
-    expected = expected_trainable(model, int(spec["depth"]), masks)
+    expected = method.expected_trainable(model, int(spec["depth"]), masks)
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +129,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     model, opt, sched = acc.prepare(model, opt, sched)
     model.train()
+    method.before_train(model, params)  # before a resume loads: the model still holds theta_pre
 
     ckpt = out_dir / "checkpoint"
     start, log = 0, []
@@ -134,6 +138,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         load_trainable(params, state["params"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        method.load_state_dict(state.get("method", {}))
         start, log = state["step"], state["log"]
         print(f"resumed from {ckpt} at step {start}/{total}")
 
@@ -145,22 +150,24 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         idx = epoch_order(len(rows), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
         batch = {k: v.to(acc.device) for k, v in sft_batch(processor, rows.iloc[idx.tolist()]).items()}
         with acc.accumulate(model):
-            loss = model(**batch).loss
+            with recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
+                loss = model(**batch).loss
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
+            if acc.sync_gradients:
+                method.on_step(model, step)  # after the optimizer step, clipped grads still in .grad
             opt.zero_grad()
-        method.on_step(model, step)
         loss = float(loss.detach())
         rate = (step + 1 - start) * cfg.batch_size / max(1e-9, time.time() - t0)
         log.append({"step": step + 1, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0]})
         bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(ckpt, params, opt, sched, step + 1, log)
+            save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
         if stop_after is not None and step + 1 - start >= stop_after:
-            save_checkpoint(ckpt, params, opt, sched, step + 1, log)
+            save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
             return {"stopped_at": step + 1}
 
     model = acc.unwrap_model(model)
@@ -184,13 +191,14 @@ def load_trainable(params, tensors) -> None:
             p.copy_(t)
 
 
-def save_checkpoint(ckpt: Path, params, opt, sched, step: int, log: list) -> None:
+def save_checkpoint(ckpt: Path, params, opt, sched, step: int, log: list, method_state: dict | None = None) -> None:
     state = {
         "params": [p.detach().cpu().clone() for p in params],
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "step": step,
         "log": log,
+        "method": method_state or {},
     }
     ckpt.mkdir(parents=True, exist_ok=True)
     with atomic_path(ckpt / "state.pt") as tmp:

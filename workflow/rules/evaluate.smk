@@ -9,10 +9,11 @@ rule evaluate:
         spec=lambda wc: spec_json("evals", wc.eval),
         run=lambda wc, input: opt("--run", os.path.dirname(input.run) if "run" in input.keys() else None),
         out=lambda wc: f"results/evals/{wc.eval}",
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        gpu=job_gpus("evaluate"),
+        mem_mb=job_mem_mb("evaluate"),
+        runtime=job_runtime("evaluate"),
     conda:
         "../../envs/dowser.yaml"
     shell:

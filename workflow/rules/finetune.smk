@@ -7,14 +7,18 @@ rule finetune:
         "logs/finetune/{run}.log",
     params:
         spec=lambda wc: spec_json("runs", wc.run),
-        mask=lambda wc, input: opt("--mask", input.get("mask")),
+        mask=lambda wc, input: opt("--mask", input.get("mask"))
+        + " "
+        + opt("--parent", input.get("parent")),
         out=lambda wc: f"results/runs/{wc.run}",
-    threads: 1
+        launcher=finetune_launcher,
+    threads: job_threads("finetune")
     resources:
-        mem_mb=8000,
-        runtime=240,
+        gpu=job_gpus("finetune"),
+        mem_mb=job_mem_mb("finetune"),
+        runtime=job_runtime("finetune"),
     conda:
         "../../envs/dowser.yaml"
     shell:
-        "dowser finetune --spec {params.spec:q} --model {input.model} --data {input.data}"
+        "{params.launcher} finetune --spec {params.spec:q} --model {input.model} --data {input.data}"
         " {params.mask} --out {params.out} > {log} 2>&1"

@@ -7,12 +7,15 @@ rule mask:
         "logs/mask/{mask}.log",
     params:
         spec=lambda wc: spec_json("masks", wc.mask),
-        src=lambda wc, input: opt("--scores", input.get("scores")) + " " + opt("--model", input.get("model")),
+        src=lambda wc, input: " ".join(
+            opt(f"--{k}", input.get(k)) for k in ("scores", "model", "probes")
+        ),
     cache: "omit-software"
-    threads: 1
+    threads: job_threads("mask")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=job_gpus("mask"),
+        mem_mb=job_mem_mb("mask"),
+        runtime=job_runtime("mask"),
     conda:
         "../../envs/dowser.yaml"
     shell:

@@ -9,10 +9,11 @@ rule probe:
         spec=lambda wc: spec_json("probe", wc.probe),
         out=lambda wc: f"results/probes/{wc.probe}",
     cache: "omit-software"
-    threads: 1
+    threads: job_threads("probe")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        gpu=job_gpus("probe"),
+        mem_mb=job_mem_mb("probe"),
+        runtime=job_runtime("probe"),
     conda:
         "../../envs/dowser.yaml"
     shell:

@@ -5,10 +5,11 @@ rule data:
         "logs/data/{data}.log",
     params:
         spec=lambda wc: spec_json("data", wc.data),
-    threads: 1
+    threads: job_threads("data")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=job_gpus("data"),
+        mem_mb=job_mem_mb("data"),
+        runtime=job_runtime("data"),
     conda:
         "../../envs/dowser.yaml"
     shell:
@@ -25,10 +26,11 @@ rule model:
     params:
         spec=lambda wc: spec_json("model", wc.model),
         data=lambda wc, input: opt("--data", input.data),
-    threads: 2
+    threads: job_threads("model")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        gpu=job_gpus("model"),
+        mem_mb=job_mem_mb("model"),
+        runtime=job_runtime("model"),
     conda:
         "../../envs/dowser.yaml"
     shell:

@@ -40,6 +40,11 @@ class TaskInfo:
     max_new_tokens: int | None = None  # overrides evaluate's default (captions are longer)
     label_acc: bool = True  # also score log-likelihood over the closed answer set
     analogue: str = ""  # the paper benchmark a world task stands in for
+    data_dir: str | None = None  # folder under data_root when shared (default: name)
+
+    @property
+    def data_name(self) -> str:
+        return self.data_dir or self.name
 
     @property
     def yaml_path(self) -> Path:
@@ -69,6 +74,9 @@ _TASKS = [
     # The paper's benchmarks (Section 4, Appendix E.1); sources and prompts: docs/benchmarks.md.
     TaskInfo("textvqa", "upstream", "vqa_acc", "textvqa", hub_path="lmms-lab/textvqa",
              split="validation", adapter="textvqa", label_acc=False),
+    # LLaVA-1.5 reports TextVQA with the OCR tokens in the prompt (lmms-eval's `ocr: true`).
+    TaskInfo("textvqa-ocr", "upstream", "vqa_acc", "textvqa_ocr", hub_path="lmms-lab/textvqa",
+             split="validation", adapter="textvqa", label_acc=False, data_dir="textvqa"),
     TaskInfo("okvqa", "upstream", "vqa_acc", "okvqa", hub_path="lmms-lab/OK-VQA",
              split="val2014", adapter="okvqa", label_acc=False),
     TaskInfo("ocrvqa", "upstream", "exact_match", "ocrvqa", hub_path="howard-hou/OCR-VQA",
@@ -87,9 +95,10 @@ _TASKS = [
              split="test", train_split="train", adapter="flickr", max_new_tokens=64,
              label_acc=False),
     # UCIT's VQA form of ImageNet-R (Guo et al. 2025a) is a file release, not a table on
-    # the hub: it is read from a local file only.
+    # the hub: it is read from a local file only. Its rows carry no option list (the
+    # closed set would be all 200 classes), so no label-restricted accuracy.
     TaskInfo("imagenet-r", "downstream", "exact_match", "imagenet_r", split="test",
-             train_split="train", adapter="llava"),
+             train_split="train", adapter="llava", label_acc=False),
     TaskInfo("iconqa", "downstream", "exact_match", "iconqa", hub_path="lmms-lab/ICON-QA",
              split="test", train_split="train", adapter="iconqa"),
 ]
@@ -117,16 +126,25 @@ def local_file(name: str, data_root: str | Path | None, split: str) -> Path | No
 
 
 def training_split(name: str, data_root: str | Path) -> Path:
-    """Path of the train split (common-schema parquet/JSONL) of a downstream task."""
+    """The train split of a downstream task as a common-schema parquet file.
+
+    World tasks: `<data_root>/<name>/train.parquet` as generated. Real benchmarks: the
+    local train file (any accepted format) converted once to `train.dowser.parquet`
+    beside it, with `question` set to the evaluation prompt (see `training_parquet`).
+    """
     info = get_task(name)
     if info.train_split is None:
         raise ValueError(f"benchmark {name!r} ({info.role}) has no training split")
-    path = local_file(name, data_root, info.train_split)
+    path = local_file(info.data_name, data_root, info.train_split)
     if path is None:
         raise FileNotFoundError(
             f"training split of {name!r} not found: expected "
-            f"{Path(data_root) / name / info.train_split}.parquet (or .jsonl/.json)")
-    return path
+            f"{Path(data_root) / info.data_name / info.train_split}.parquet (or .jsonl/.json)")
+    if info.world:
+        return path
+    from dowser.tasks.data import training_parquet
+
+    return training_parquet(info, data_root, path)
 
 
 def load_split(name: str, data_root: str | Path | None, split: str | None = None):

@@ -9,6 +9,8 @@ entry of the processor's chat template. Metric values are fractions (lm-eval's s
 
 from __future__ import annotations
 
+import io
+
 from dowser import metrics
 
 IMAGE = "<image>"
@@ -33,11 +35,20 @@ def load_docs(benchmark: str | None = None, data_root: str | None = None,
 
     if benchmark is None:
         raise ValueError("dowser task config lacks dataset_kwargs.benchmark")
-    return datasets.DatasetDict({"test": load_split(benchmark, data_root, split)})
+    docs = load_split(benchmark, data_root, split)
+    # lm-eval materializes each row several times (requests, results, samples): keep the
+    # image encoded so only doc_to_image decodes it (~7% of a world evaluation).
+    docs = docs.cast_column("image", datasets.Image(decode=False))
+    return datasets.DatasetDict({"test": docs})
 
 
 def doc_to_image(doc):
-    return [doc["image"].convert("RGB")]
+    image = doc["image"]
+    if isinstance(image, dict):  # encoded: {"bytes", "path"}
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+    return [image.convert("RGB")]
 
 
 # --- prompts ------------------------------------------------------------------------
@@ -51,6 +62,11 @@ def short_answer_text(doc) -> str:  # GQA, OCR-VQA
 
 def textvqa_text(doc) -> str:  # lmms-eval capitalizes; OCR tokens off (its default)
     return IMAGE + doc["question"].capitalize() + SHORT
+
+
+def textvqa_ocr_text(doc) -> str:  # LLaVA-1.5's own TextVQA protocol (its 58.2)
+    ocr = f"\nReference OCR token: {doc['hint']}" if doc.get("hint") else ""
+    return IMAGE + doc["question"].capitalize() + ocr + SHORT
 
 
 def okvqa_text(doc) -> str:
@@ -80,6 +96,8 @@ def caption_text(doc) -> str:
 
 
 def iconqa_text(doc) -> str:
+    if not doc["choices"]:  # UCIT's LLaVA-format rows carry options in the question
+        return IMAGE + doc["question"]
     opts = "\n".join(f"{metrics.LETTERS[i]}. {c}" for i, c in enumerate(doc["choices"]))
     return (IMAGE + ICONQA_HEAD + f"Question: {doc['question']}.\nOptions:\n{opts}\n"
             + ICONQA_TAIL)

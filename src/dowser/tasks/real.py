@@ -8,7 +8,7 @@ named in `dowser.tasks` (read from lmms-eval's task utils, which consume them):
 | adapter | raw columns used |
 |---|---|
 | textvqa, okvqa | question_id, question, image, answers (10 human answers) |
-| ocrvqa | image_id, image, questions[], answers[] (or flat question/answer) |
+| ocrvqa | image, questions[], answers[] (image_id if present; or flat question/answer) |
 | gqa | id, imageId, question, answer (+ image joined from testdev_balanced_images) |
 | mmbench | index, question, hint, A-D, answer (letter), image |
 | coco | question_id, image, answer (5 captions) |
@@ -19,6 +19,7 @@ named in `dowser.tasks` (read from lmms-eval's task utils, which consume them):
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def row(id_, image, question, answer, references=None, choices=(), task="", hint
 def _vqa(r, task):
     answers = [str(a) for a in r["answers"]]
     majority = Counter(answers).most_common(1)[0][0] if answers else ""
-    return [row(r["question_id"], r["image"], r["question"], majority, answers, task=task)]
+    # TextVQA's OCR tokens ride in `hint`: only the textvqa-ocr prompt shows them.
+    ocr = ", ".join(r.get("ocr_tokens") or [])
+    return [row(r["question_id"], r["image"], r["question"], majority, answers, task=task,
+                hint=ocr)]
 
 
 def textvqa(r, task="textvqa"):
@@ -56,7 +60,10 @@ def ocrvqa(r, task="ocrvqa"):
     if "questions" not in r:
         return [row(r.get("question_id", r.get("id")), r["image"], r["question"],
                     str(r["answer"]), task=task)]
-    return [row(f"{r['image_id']}-{k}", r["image"], q, str(a), task=task)
+    base = r.get("image_id") or r.get("id")
+    if base is None:  # no id column: name the cover by its bytes
+        base = hashlib.sha1(r["image"]["bytes"] or r["image"]["path"].encode()).hexdigest()[:12]
+    return [row(f"{base}-{k}", r["image"], q, str(a), task=task)
             for k, (q, a) in enumerate(zip(r["questions"], r["answers"]))]
 
 
@@ -95,6 +102,18 @@ def iconqa(r, task="iconqa"):
                 answer, choices=choices, task=task)]
 
 
+def _resolve(image: str, roots) -> str:
+    """A relative image path against the first root holding it (UCIT keeps its images
+    apart from its JSON: try the file's folder, then the data root and its parent)."""
+    path = Path(image)
+    if path.is_absolute():
+        return str(path)
+    for root in roots:
+        if root is not None and (Path(root) / path).exists():
+            return str(Path(root) / path)
+    return str(Path(roots[0] or ".") / path)
+
+
 def llava(r, task="", base_dir: Path | None = None):
     """LLaVA conversation JSON (UCIT / HiDe-LLaVA release format) or question/answer rows."""
     if "conversations" in r:
@@ -107,10 +126,8 @@ def llava(r, task="", base_dir: Path | None = None):
     question = question.replace("<image>", "").strip()
     image = r["image"]
     if isinstance(image, str):
-        path = Path(image)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        image = {"bytes": None, "path": str(path)}
+        roots = [base_dir] + ([base_dir.parent, base_dir.parent.parent] if base_dir else [])
+        image = {"bytes": None, "path": _resolve(image, roots)}
     return [row(r.get("id", r.get("question_id")), image, question, str(answer).strip(),
                 task=task)]
 

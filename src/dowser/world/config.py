@@ -57,6 +57,13 @@ class WorldConfig:
     # Prompt (64 image tokens + <= ~25 words) plus a caption fits easily.
     max_positions: int = 160
 
+    # --- stage 1: vision tower warm-up (pooled head, see pretrain.warmup_vision) ---------
+    # Digit reading stayed at chance through the decoder for 1500 joint steps; the tower
+    # alone with a pooled head learned it in ~250 steps (2026-11-25).
+    vision_warmup_steps: int = 1500
+    vision_warmup_batch: int = 64
+    vision_warmup_lr: float = 3e-3
+
     # --- pretraining ------------------------------------------------------------------
     # AdamW + linear warmup + cosine: the prototype's recipe (lr 3e-3 beat 5e-3).
     pretrain_steps: int = 3000

@@ -118,6 +118,57 @@ def evaluate_upstream(model, processor, splits: dict) -> dict:
     return acc
 
 
+def warmup_vision(model, processor, train: dict, cfg: WorldConfig, progress: bool = True):
+    """Stage 1: pretrain the vision tower before the decoder sees it, as CLIP is pretrained
+    before LLaVA. A throwaway head reads [mean, max]-pooled patch features plus a bag of the
+    question's words and predicts the first answer token, on the same upstream train mix.
+
+    Measured 2026-11-25: without this stage, digit reading stayed at chance after 1500
+    joint steps (and alone after 240), while the tower with a pooled head learned it in
+    ~250 steps; the decoder route dilutes the signal reaching the 64 patch embeddings.
+    """
+    import torch
+
+    tower = model.model.vision_tower
+    vocab, hid = len(processor.tokenizer), cfg.vision_hidden
+    special = set(range(6))  # <pad> <s> </s> <unk> <image> <sep>
+    qbag = torch.nn.EmbeddingBag(vocab, hid, mode="mean")
+    head = torch.nn.Sequential(
+        torch.nn.Linear(3 * hid, 2 * hid), torch.nn.GELU(), torch.nn.Linear(2 * hid, vocab)
+    )
+    params = list(tower.parameters()) + list(qbag.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_warmup_lr, weight_decay=0.0)
+    rng = np.random.default_rng([cfg.seed, 104729])
+    curve, window = [], []
+    tasks = list(train)
+    for step in range(cfg.vision_warmup_steps):
+        picks = rng.integers(0, len(tasks), size=cfg.vision_warmup_batch)
+        pix, words, offsets, target = [], [], [], []
+        for k, task in enumerate(tasks):
+            data = train[task]
+            for i in rng.integers(0, len(data["prompts"]), size=int((picks == k).sum())):
+                pix.append(data["pixel_values"][i])
+                offsets.append(len(words))
+                words.extend(t for t in data["prompts"][i] if t not in special)
+                target.append(data["answers"][i][0])
+        h = tower(pixel_values=torch.stack(pix), output_hidden_states=True).hidden_states[-1]
+        h = h[:, 1:]
+        q = qbag(torch.tensor(words), torch.tensor(offsets))
+        logits = head(torch.cat([h.mean(1), h.amax(1), q], dim=-1))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(target))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        window.append((loss.item(), float((logits.argmax(-1) == torch.tensor(target)).float().mean())))
+        if (step + 1) % 100 == 0:
+            loss_m, acc_m = np.mean(window, axis=0)
+            curve.append({"step": step + 1, "loss": float(loss_m), "train_acc": float(acc_m)})
+            window = []
+            if progress:
+                print(json.dumps({"vision_warmup": curve[-1]}), flush=True)
+    return curve
+
+
 def _lr_lambda(cfg: WorldConfig):
     def f(step: int) -> float:
         if step < cfg.pretrain_warmup:
@@ -144,6 +195,11 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
     test = {t: load_split(data_dir / t / "test.parquet", processor, cfg) for t in UPSTREAM}
     load_s = time.time() - t0
 
+    t_warm = time.time()
+    model.train()
+    warm_curve = warmup_vision(model, processor, train, cfg, progress)
+    warm_s = time.time() - t_warm
+
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
     )
@@ -151,7 +207,7 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
     rng = np.random.default_rng([cfg.seed, 7919])
     pad = processor.tokenizer.pad_token_id
     curves, history, t_train = [], [], time.time()
-    window = []
+    window, log_every = [], max(1, min(100, cfg.pretrain_steps // 10))
     for step in range(cfg.pretrain_steps):
         model.train()
         tasks = list(cfg.curriculum_tasks) if step < cfg.curriculum_steps else UPSTREAM
@@ -174,14 +230,14 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
                 ignore_index=IGNORE, reduction="sum",
             )  # fmt: skip
             (loss / total_tok).backward()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             n_tok += int((target != IGNORE).sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain_grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         window.append(loss_sum / n_tok)
-        if (step + 1) % 100 == 0 or step == 0:
+        if (step + 1) % log_every == 0 or step == 0:
             curves.append({"step": step + 1, "loss": float(np.mean(window)),
                            "elapsed_s": round(time.time() - t_train, 1)})  # fmt: skip
             window = []
@@ -206,6 +262,8 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
         "parameters": count_parameters(model),
         "steps": cfg.pretrain_steps,
         "load_s": round(load_s, 1),
+        "vision_warmup_s": round(warm_s, 1),
+        "vision_warmup_curve": warm_curve,
         "train_s": round(train_s, 1),
         "eval_s": round(time.time() - t_eval, 1),
         "threads": cfg.pretrain_threads,

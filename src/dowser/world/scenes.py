@@ -23,7 +23,7 @@ COLOURS = {
 }
 STYLES = ("outline", "stripes", "inverted", "dots")
 
-# 3x5 pixel font, drawn at scale 3 (9x15 px) so a digit spans several 4 px patches.
+# 3x5 pixel font; world-textvqa draws it at scale 4 (12x20 px), one font pixel per patch.
 _FONT = {
     "0": ["###", "#.#", "#.#", "#.#", "###"],
     "1": [".#.", "##.", ".#.", ".#.", "###"],
@@ -68,7 +68,7 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, s: float) -> np.ndar
     if shape == "circle":
         return dx * dx + dy * dy <= h * h
     if shape == "square":
-        return (np.abs(dx) <= h * 0.9) & (np.abs(dy) <= h * 0.9)
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
     if shape == "triangle":
         # apex up: the half-width grows linearly from the top to the base.
         t = (dy + h) / (2 * h)

@@ -1,0 +1,213 @@
+"""Evaluate one in-memory VLM on many benchmarks through lm-eval, in one process.
+
+    from dowser.evaluate import evaluate_benchmarks
+    res = evaluate_benchmarks(model, processor, ["world-gqa", "world-coco"],
+                              Path("results/world/data"), out_dir=Path("results/evals/abc"))
+    res["world-coco"]["value"]        # CIDEr-D x100
+
+Each benchmark runs as an lm-eval task built from its shipped YAML (`dowser/tasks/lmeval`)
+with the data location filled in, plus a `<name>-labels` multiple-choice task when the
+benchmark has a closed answer set (label-restricted accuracy: format loss vs knowledge
+loss, WORLD.md). Metrics are `dowser.metrics` functions called from the YAMLs' hooks, so
+`score_predictions` recomputes the same numbers from a predictions file.
+Importing lm-eval costs ~10 s: evaluate all benchmarks of a model in one call.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from dowser.tasks import YAML_DIR, TaskInfo, get_task, hooks, local_file
+
+SCALE = 100.0  # lm-eval works in fractions; the paper reports % and CIDEr x100
+LABEL_SUFFIX = "-labels"
+
+
+def _check_data(info: TaskInfo, data_root: Path | None) -> None:
+    """Fail before lm-eval starts, with one line naming what is missing."""
+    if not info.world:
+        return
+    if data_root is None or not Path(data_root).is_dir():
+        raise FileNotFoundError(f"{info.name}: data root {data_root} does not exist")
+    if local_file(info.data_name, data_root, info.split) is None:
+        raise FileNotFoundError(f"{info.name}: split {info.split!r} not found: expected "
+                                f"{Path(data_root) / info.data_name / info.split}.parquet")
+
+
+def task_configs(info: TaskInfo, data_root: Path | None, max_new_tokens: int) -> list[dict]:
+    """lm-eval task dicts for one benchmark: its generation task (+ its label task)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    data = {"benchmark": info.name, "data_root": None if data_root is None else str(data_root),
+            "split": info.split}
+    gen = load_yaml(info.yaml_path, resolve_func=True)
+    gen.update(task=info.name, dataset_kwargs=data)
+    gen["generation_kwargs"] = {**gen.get("generation_kwargs", {}),
+                                "max_gen_toks": info.max_new_tokens or max_new_tokens}
+    configs = [gen]
+    if info.label_acc:
+        labels = load_yaml(YAML_DIR / "labels.yaml", resolve_func=True)
+        labels.update(task=info.name + LABEL_SUFFIX, dataset_kwargs=dict(data),
+                      doc_to_text=gen["doc_to_text"], doc_to_image=gen["doc_to_image"])
+        configs.append(labels)
+    return configs
+
+
+class _QuietCustomDataset(logging.Filter):
+    """lm-eval warns about custom-dataset kwargs on every task build; ours are set."""
+
+    def filter(self, record):
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+_QUIET = _QuietCustomDataset()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prediction_rows(info: TaskInfo, out: dict) -> list[dict]:
+    samples = sorted(out["samples"][info.name], key=lambda s: s["doc_id"])
+    labels = {s["doc_id"]: s for s in out["samples"].get(info.name + LABEL_SUFFIX, [])}
+    rows = []
+    for s in samples:
+        doc = s["doc"]
+        score = s.get(info.metric)  # the YAML's process_results key is the metric name
+        if isinstance(score, (tuple, list)):  # corpus metrics keep (id, ..) per example
+            score = score[1] if info.metric == "mc_letter" else None
+        row = {"id": doc["id"], "prediction": s["filtered_resps"][0], "answer": doc["answer"],
+               "score": score}
+        if s["doc_id"] in labels:
+            lab = labels[s["doc_id"]]
+            lls = [r[0] if isinstance(r, (tuple, list)) else r for r in lab["filtered_resps"]]
+            best = max(range(len(lls)), key=lls.__getitem__)
+            row["label_prediction"] = hooks.label_choices(lab["doc"])[best]
+            row["label_correct"] = bool(lab.get("acc"))
+        rows.append(row)
+    return rows
+
+
+def _summary(info: TaskInfo, out: dict, seconds: float) -> dict:
+    res = out["results"][info.name]
+    value = res[f"{info.metric},none"]
+    n = int(out["n-samples"][info.name]["effective"])
+    label = out["results"].get(info.name + LABEL_SUFFIX, {}).get("acc,none")
+    return {"benchmark": info.name, "metric": info.metric, "value": SCALE * float(value),
+            "n": n, "label_acc": None if label is None else SCALE * float(label),
+            "examples_per_s": n / seconds if seconds > 0 else float("nan"),
+            "seconds": seconds, "role": info.role}
+
+
+def _run_lmeval(lm, manager, configs: list[dict], limit: int | None) -> dict:
+    """`lm_eval.evaluator.evaluate` on freshly built tasks: what `simple_evaluate` does for
+    a pre-built model, minus its environment report (a `pip list` subprocess, ~0.5 s per
+    call) and bootstrap standard errors."""
+    import lm_eval.evaluator as evaluator
+
+    loaded = manager.load(configs)
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=0)
+    # Frozen objects are skipped by the collector: whatever still calls gc.collect() (lm-eval's
+    # own loops) scans only what this run allocates, not all of lm-eval and transformers.
+    gc.freeze()
+    # Logged samples keep their images; lm-eval would PNG-encode and hash every one of
+    # them (~10% of the run) for sample files we do not write.
+    hashing, evaluator.LMEVAL_HASHMM = evaluator.LMEVAL_HASHMM, False
+    try:
+        return evaluator.evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0,
+                                  log_samples=True, apply_chat_template=True)
+    finally:
+        evaluator.LMEVAL_HASHMM = hashing
+        lm.first_step.clear()
+        gc.unfreeze()
+
+
+def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path, *,
+                        batch_size: int = 32, limit: int | None = None,
+                        max_new_tokens: int = 16, out_dir: Path | None = None
+                        ) -> dict[str, dict]:
+    """Evaluate `model` (left in eval mode) on every benchmark, in order.
+
+    Returns {benchmark: {"benchmark", "metric", "value" (paper scale), "n", "label_acc"
+    (% or None), "examples_per_s" (n / wall seconds of the whole benchmark: generation,
+    label scoring, metric), "seconds", "role"}}; with `out_dir`, also writes
+    `<benchmark>.json` and `<benchmark>.predictions.jsonl` (id, prediction, answer, score,
+    label_prediction) atomically as each benchmark finishes.
+    `max_new_tokens` caps short answers; caption tasks use their own cap (TaskInfo).
+    `limit` takes the first N examples of each benchmark (a smoke run).
+    """
+    import lm_eval.evaluator  # noqa: F401  (imported before the clock starts)
+    from lm_eval.tasks import TaskManager
+
+    from dowser.tasks.model import InMemoryVLM
+
+    infos = [get_task(b) for b in benchmarks]  # unknown names fail before any work
+    data_root = None if data_root is None else Path(data_root)
+    for info in infos:
+        _check_data(info, data_root)
+    for name in ("lm_eval", "lm_eval.api.task"):
+        logging.getLogger(name).addFilter(_QUIET)  # a no-op when already there
+    lm = InMemoryVLM(model, processor, batch_size=batch_size)
+    manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
+    results = {}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for info in infos:
+        start = time.perf_counter()
+        out = _run_lmeval(lm, manager, task_configs(info, data_root, max_new_tokens), limit)
+        summary = _summary(info, out, time.perf_counter() - start)
+        results[info.name] = summary
+        if out_dir is not None:
+            rows = _prediction_rows(info, out)
+            _atomic_write(Path(out_dir) / f"{info.name}.predictions.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            _atomic_write(Path(out_dir) / f"{info.name}.json", json.dumps(summary, indent=2))
+    return results
+
+
+def read_predictions(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    preds = {}
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            rec = json.loads(line)
+            if "id" not in rec or "prediction" not in rec:
+                raise ValueError(f"{path}:{k}: a prediction needs 'id' and 'prediction'")
+            preds[str(rec["id"])] = rec["prediction"]
+    return preds
+
+
+def score_predictions(benchmark: str, predictions: Path | dict[str, str],
+                      data_root: Path | None, *, limit: int | None = None) -> float:
+    """The benchmark's metric (paper scale) for saved predictions, with the same hooks
+    lm-eval used; every evaluated id must have a prediction."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from dowser.tasks import load_split
+
+    info = get_task(benchmark)
+    preds = predictions if isinstance(predictions, dict) else read_predictions(predictions)
+    docs = load_split(benchmark, data_root).remove_columns("image")
+    if limit is not None:
+        docs = docs.select(range(min(limit, len(docs))))
+    missing = [d for d in docs["id"] if d not in preds]
+    if missing:
+        raise ValueError(f"predictions for {benchmark} lack {len(missing)} of {len(docs)} "
+                         f"ids, e.g. {missing[0]!r} ({predictions if not isinstance(predictions, dict) else 'dict'})")
+    cfg = load_yaml(info.yaml_path, resolve_func=True)
+    items = [cfg["process_results"](doc, [preds[doc["id"]]])[info.metric] for doc in docs]
+    agg = cfg["metric_list"][0]["aggregation"]
+    value = agg(items) if callable(agg) else sum(items) / len(items)
+    return SCALE * float(value)
