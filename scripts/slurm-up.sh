@@ -8,6 +8,7 @@
 # free memory, one partition `debug` (Default=YES), no accounting database (so `sacct` fails:
 # the profiles use `slurm-status-command: squeue`). The node has no GPUs (no gres).
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin:/usr/bin
 
 CONF_DIR=${SLURM_CONF_DIR:-/etc/slurm}
 CONF=$CONF_DIR/slurm.conf

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dowser.artifacts import atomic_path, write_json, write_spec
 from dowser.data import read_rows, sft_batch
 from dowser.methods import get_method
-from dowser.models import load_artifact, trainable_modules
+from dowser.models import load_artifact
 from dowser.recompute import recompute_sparse_weights
 from dowser.sparse import delta_state, load_delta_state, trainable_table
 
@@ -76,13 +76,6 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
-
-
-def expected_trainable(model, depth: int, masks) -> int:
-    mods = trainable_modules(model, depth)
-    if masks is None:
-        return sum(m.shape[0] * m.shape[1] for m in mods)
-    return sum(int(masks[m.name].sum()) for m in mods)
 
 
 def training_rows(task: str, data_root: Path, limit: int):
