@@ -1,4 +1,5 @@
-"""dowser.evaluate through lm-eval on a tiny random LLaVA and world-schema fixture files."""
+"""dowser.evaluate through lm-eval, on the miniature world's data, processor and an
+untrained world model (so every answer runs to the token cap: the slowest case)."""
 
 import json
 
@@ -7,7 +8,6 @@ import torch
 
 from dowser.evaluate import evaluate_benchmarks, read_predictions, score_predictions
 
-WORDS = ["red", "blue", "green", "circle", "square", "left", "right", "two", "one"]
 N_TEST = 12
 
 
@@ -99,7 +99,7 @@ def test_limit_and_offline(vlm, data_root, monkeypatch):
     assert res["world-gqa"]["n"] == 5
 
 
-def _requests(data_root, task, n, kind, conts=None):
+def _requests(processor, data_root, task, n, kind, conts=None):
     """lm-eval Instances for the first n docs of a world task, prompted as the world model
     was trained (the processor's chat template)."""
     from lm_eval.api.instance import Instance
@@ -110,7 +110,7 @@ def _requests(data_root, task, n, kind, conts=None):
     docs = load_split(task, data_root).select(range(n))
     reqs = []
     for d in docs:
-        ctx = format_prompt(_processor, d["question"])
+        ctx = format_prompt(processor, d["question"])
         aux = {"visual": [d["image"].convert("RGB")]}
         if kind == "generate_until":
             reqs.append(Instance(kind, d, (ctx, {"until": [], "max_gen_toks": 5}, aux), 0))
@@ -119,15 +119,10 @@ def _requests(data_root, task, n, kind, conts=None):
     return reqs
 
 
-_processor = None
-
-
 @pytest.fixture(scope="module")
 def lm(vlm):
-    global _processor
     from dowser.tasks.model import InMemoryVLM
 
-    _processor = vlm[1]
     return InMemoryVLM(*vlm, batch_size=3)
 
 
@@ -135,7 +130,7 @@ def test_generation_matches_lm_eval_parent(lm, vlm, data_root, monkeypatch):
     """Our generate_until (no per-batch gc, cached first step) returns lm-eval's strings."""
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
-    reqs = _requests(data_root, "world-gqa", 5, "generate_until")
+    reqs = _requests(vlm[1], data_root, "world-gqa", 5, "generate_until")
     ours = lm.generate_until(reqs)
     # lm-eval passes max_length, which a generation_config's max_new_tokens overrides (the
     # world model sets 16): ours passes max_new_tokens, so max_gen_toks always holds.
@@ -150,9 +145,9 @@ def test_loglikelihood_matches_direct_forward(lm, vlm, data_root, cached):
     """Grouped, batched scoring (and the generation cache) equal a plain forward pass."""
     model, processor = vlm
     conts = [" red", " blue", " two red circles on the left"]
-    reqs = _requests(data_root, "world-gqa", 2, "loglikelihood", conts)
+    reqs = _requests(processor, data_root, "world-gqa", 2, "loglikelihood", conts)
     if cached:
-        lm.generate_until(_requests(data_root, "world-gqa", 2, "generate_until"))
+        lm.generate_until(_requests(processor, data_root, "world-gqa", 2, "generate_until"))
     got = lm.loglikelihood(reqs)
     lm.first_step.clear()
     for (ll, _), req in zip(got, reqs):
