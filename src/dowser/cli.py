@@ -200,6 +200,13 @@ def cmd_report(args):
     print(summary)
 
 
+def cmd_prepare_data(args):
+    from dowser.prepare import prepare_benchmarks
+
+    prepare_benchmarks(args.benchmarks, Path(args.out), args.source, limit=args.limit,
+                       train_samples=args.train_samples, force=args.force)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dowser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -228,6 +235,12 @@ def main(argv=None) -> int:
     p = add("report", cmd_report, "out")
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--html", help="folder for index.html and the plots")
+    p = add("prepare-data", cmd_prepare_data, "out")
+    p.add_argument("--benchmarks", nargs="+", required=True)
+    p.add_argument("--source", help="folder of local files to convert instead of the hub")
+    p.add_argument("--limit", type=int, help="first N rows of every split (a smoke copy)")
+    p.add_argument("--train-samples", type=int, default=10_000, help="first N train rows (0: no train split)")
+    p.add_argument("--force", action="store_true", help="prepare again even if unchanged")
 
     args = parser.parse_args(argv)
     try:
