@@ -17,15 +17,16 @@ def probes_df(seqs=PROBES):
     return pd.DataFrame({"probe_index": range(len(seqs)), "token_ids": seqs})
 
 
-def exact_jacobians(model, ids, name):
-    """J[t', v, t, i] = d logits[t', v] / d z[t, i] for module `name`, by brute force."""
+def exact_jacobians(model, ids, name, output="logits"):
+    """J[t', v, t, i] = d f[t', v] / d z[t, i] for module `name` (f: logits or last hidden state), by brute force."""
     module = dict(model.named_modules())[name]
     store = {}
 
     def fn(eps):
         handle = module.register_forward_hook(lambda m, i, o: o + eps)
         try:
-            return model(input_ids=torch.tensor([ids])).logits[0]
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            return out.logits[0] if output == "logits" else out.hidden_states[-1][0]
         finally:
             handle.remove()
 
@@ -43,15 +44,16 @@ def brute_outer(model, seqs, cfg: ScoreConfig, estimator_from_J):
         W = dict(model.named_modules())[m.name].weight.detach().abs()
         total = torch.zeros(m.shape, dtype=torch.float64)
         for k, ids in enumerate(seqs):
-            J, h = exact_jacobians(model, ids, m.name)
+            J, h = exact_jacobians(model, ids, m.name, cfg.output)
             s = estimator_from_J(J, k, len(ids))  # (T, d_out)
             total += s.T @ h.abs()
         out[m.name] = W * total / len(seqs)
     return out
 
 
-def test_outer_l1_equals_brute_force_with_the_same_draws(llama64):
-    cfg = ScoreConfig(estimator="l1", draws=3, seed=5, batch_size=2)
+@pytest.mark.parametrize("output", ["logits", "hidden"])
+def test_outer_l1_equals_brute_force_with_the_same_draws(llama64, output):
+    cfg = ScoreConfig(estimator="l1", draws=3, seed=5, batch_size=2, output=output)
 
     def s_from_J(J, k, T):
         V = J.shape[1]
@@ -59,7 +61,7 @@ def test_outer_l1_equals_brute_force_with_the_same_draws(llama64):
                          for r in range(cfg.draws)])
         return g.abs().mean(0)
 
-    fast = score_model(llama64, probes_df(), draws=3, estimator="l1", seed=5, batch_size=2)
+    fast = score_model(llama64, probes_df(), draws=3, estimator="l1", seed=5, batch_size=2, output=output)
     slow = brute_outer(llama64, PROBES, cfg, s_from_J)
     for name in slow:
         np.testing.assert_allclose(fast[name].numpy(), slow[name].numpy(), rtol=1e-6, atol=1e-12)
@@ -161,3 +163,15 @@ def test_empty_probe_set():
 def test_unknown_estimator():
     with pytest.raises(ValueError, match="score.estimator: 'l3'"):
         ScoreConfig(estimator="l3")
+
+
+def test_bf16_model_accumulates_in_fp32():
+    model32 = tiny_llama(torch.float32)
+    model16 = tiny_llama(torch.float32).to(torch.bfloat16)
+    cfg = ScoreConfig(draws=4)
+    s16 = accumulate_scores(model16, PROBES, list(range(len(PROBES))), cfg)["outer"]
+    s32 = accumulate_scores(model32, PROBES, list(range(len(PROBES))), cfg)["outer"]
+    for name, v in s16.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all()
+        rel = (v - s32[name]).norm() / s32[name].norm()
+        assert rel < 0.05, (name, float(rel))  # bf16 activations, fp32 sums
