@@ -37,18 +37,17 @@ def cluster_up() -> bool:
 def slurm_cluster():
     if shutil.which("sinfo") is None and not os.environ.get("DOWSER_SLURM_TESTS"):
         pytest.skip("no SLURM here (no sinfo; set DOWSER_SLURM_TESTS=1 to install and start one)")
-    started = None
-    if not cluster_up():
-        munge_was_up = _alive("/run/munge/munged.pid")
-        proc = subprocess.run([str(ROOT / "scripts/slurm-up.sh")], capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"scripts/slurm-up.sh failed:\n{proc.stdout}\n{proc.stderr}")
-        started = ["--keep-munge"] if munge_was_up else []
+    down = None  # the slurm-down.sh arguments that stop what this fixture started
     try:
+        if not cluster_up():
+            down = ["--keep-munge"] if _alive("/run/munge/munged.pid") else []
+            proc = subprocess.run([str(ROOT / "scripts/slurm-up.sh")], capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                pytest.fail(f"scripts/slurm-up.sh failed:\n{proc.stdout}\n{proc.stderr}")
         yield
     finally:
-        if started is not None:
-            subprocess.run([str(ROOT / "scripts/slurm-down.sh"), *started], timeout=60)
+        if down is not None:
+            subprocess.run([str(ROOT / "scripts/slurm-down.sh"), *down], timeout=60)
 
 
 def cancel_jobs_under(folder: Path) -> None:

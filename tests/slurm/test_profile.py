@@ -10,7 +10,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())
 TEST = yaml.safe_load((ROOT / "tests/slurm/profile/config.yaml").read_text())
-RULES = ["data", "model", "probe", "score_shard", "merge_scores", "mask", "finetune", "evaluate", "report"]
+RULES = ["data", "model", "probe", "score_shard", "merge_scores", "mask", "stability", "finetune", "evaluate",
+         "report"]
 
 
 def test_shipped_profile_settings():
@@ -98,3 +99,11 @@ def test_cli_runs_as_module_and_under_accelerate():
                           "--dynamo_backend", "no", "--mixed_precision", "no", "-m", "dowser.cli", "finetune", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--spec" in out.stdout, out.stderr[-2000:]
+
+
+def test_every_rule_declares_threads_and_sized_resources():
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", smk.read_text(), re.M):
+            assert f'threads: job_threads("{name}")' in body, (smk.name, name)
+            for res in ("gpu=job_gpus", "mem_mb=job_mem_mb", "runtime=job_runtime"):
+                assert f'{res}("{name}")' in body, (smk.name, name, res)

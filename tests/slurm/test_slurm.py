@@ -84,44 +84,53 @@ def pipeline(slurm_cluster, tmp_path_factory):
     profile = ["--profile", str(PROFILE)]
     result = {"local": local, "work": work, "times": {}}
     # The reference: a plain local run, concurrently (SLURM jobs spend most time queued/polled).
+    # Outputs go to files: snakemake prints a lot, and an unread pipe would block it.
     t0 = time.time()
-    local_proc = subprocess.Popen(snakemake_cmd("--cores", "1"), cwd=local, stdout=subprocess.PIPE,
+    local_log, first_log = open(base / "local.out", "w+"), open(base / "slurm-run1.out", "w+")
+    local_proc = subprocess.Popen(snakemake_cmd("--cores", "1"), cwd=local, stdout=local_log,
                                   stderr=subprocess.STDOUT, text=True)
+    first = None
     try:
         result["expected"] = job_counts(run(snakemake_cmd(*profile, "-n"), work).stdout)
         # Run 1: pause the first fine-tune after its first checkpoint, scancel it there.
         # --retries 0: let the cancel fail the run, so the second invocation is what resumes it.
         first = subprocess.Popen(snakemake_cmd(*profile, "--retries", "0"), cwd=work, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 stdout=first_log, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 600
-        while not marker.exists() and first.poll() is None and time.time() < deadline:
+        while first.poll() is None and time.time() < deadline:
+            if marker.exists() and marker.read_text().endswith("\n"):
+                break
             time.sleep(0.5)
         if not marker.exists():
             first.kill()
-            raise AssertionError(f"no fine-tune reached a checkpoint:\n{first.communicate()[0][-6000:]}")
-        time.sleep(0.2)  # the marker's content is written right after it is created
+            first_log.seek(0)
+            raise AssertionError(f"no fine-tune reached a checkpoint:\n{first_log.read()[-6000:]}")
         jobid, ckpt = marker.read_text().split()
         assert jobid, "the paused fine-tune did not run inside a SLURM job"
         subprocess.run(["scancel", jobid], check=True)
         result["killed"] = {"jobid": jobid, "run_dir": (work / ckpt).parent}
-        out1 = first.communicate(timeout=600)[0]
-        result["first"] = {"rc": first.returncode, "out": out1, "jobs": slurm_jobs(work)}
+        first.wait(timeout=600)
+        first_log.seek(0)
+        result["first"] = {"rc": first.returncode, "out": first_log.read(), "jobs": slurm_jobs(work)}
         result["times"]["slurm run 1 (with the kill)"] = time.time() - t0
         # Run 2: the same command again.
         t1 = time.time()
         second = run(snakemake_cmd(*profile), work, env=env)
         result["second"] = {"out": second.stdout + second.stderr, "jobs": slurm_jobs(work)}
         result["times"]["slurm run 2 (resume)"] = time.time() - t1
-        local_out = local_proc.communicate(timeout=900)[0]
-        assert local_proc.returncode == 0, f"local run failed:\n{local_out[-6000:]}"
+        local_proc.wait(timeout=900)
+        local_log.seek(0)
+        assert local_proc.returncode == 0, f"local run failed:\n{local_log.read()[-6000:]}"
         result["times"]["local run (concurrent)"] = time.time() - t0
         print("timings (s):", {k: round(v) for k, v in result["times"].items()})
         yield result
     finally:
-        for p in (local_proc, locals().get("first")):
+        for p in (local_proc, first):
             if p is not None and p.poll() is None:
                 p.kill()
         cancel_jobs_under(work)
+        local_log.close()
+        first_log.close()
 
 
 def test_cluster_runs_a_job(slurm_cluster):

@@ -100,6 +100,7 @@ JOB_SIZES = {
     "score_shard": (1, 8000, 6000, 120, 30),  # runtime is split over score.shards
     "merge_scores": (0, 4000, 8000, 30, 5),
     "mask": (0, 4000, 8000, 30, 5),
+    "stability": (0, 4000, 8000, 30, 5),  # compares two merged score files
     "finetune": (1, 8000, 4000, 240, 60),  # gpu: see finetune_gpus
     "evaluate": (1, 8000, 4000, 60, 15),
     "report": (0, 2000, 0, 10, 0),
@@ -108,14 +109,19 @@ JOB_SIZES = {
 
 def model_billions():
     """Base model parameters in billions: 0 for the world model; for a hub model the '<N>b'
-    in its name (llava-1.5-7b-hf -> 7, NVILA-Lite-2B -> 2); 7 when the name says nothing."""
+    or '<N>m' in its name (llava-1.5-7b-hf -> 7, NVILA-Lite-2B -> 2, SmolVLM-256M -> 0.256);
+    7 when the name says nothing (a local path)."""
     m = config["model"]
     if m["source"] == "world":
         return 0.0
     import re
 
-    found = re.findall(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", os.path.basename(str(m["name"]).rstrip("/")))
-    return float(found[-1]) if found else 7.0
+    name = os.path.basename(str(m["name"]).rstrip("/"))
+    found = re.findall(r"(?<![\d.])(\d+(?:\.\d+)?)([bBmM])(?![a-zA-Z])", name)  # 7b, 2B, 256M
+    if not found:
+        return 7.0
+    n, unit = found[-1]
+    return float(n) / (1000 if unit in "mM" else 1)
 
 
 def finetune_gpus(b):

@@ -51,10 +51,11 @@ rule stability:
         "logs/stability/{stab}.log",
     params:
         spec=lambda wc: GRID.stability.to_json(),
-    threads: 1
+    threads: job_threads("stability")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=job_gpus("stability"),
+        mem_mb=job_mem_mb("stability"),
+        runtime=job_runtime("stability"),
     conda:
         "../../envs/dowser.yaml"
     shell:
