@@ -110,8 +110,13 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     expected = method.expected_trainable(model, int(spec["depth"]), masks)
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
+    # One process per GPU under `accelerate launch`: each takes its share of every batch, the
+    # main process alone writes files.
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    main = acc.is_main_process
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
+    if main:
+        write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
 
     rows = training_rows(spec["task"], Path(data_root), cfg.train_samples)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
@@ -119,7 +124,6 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     optimizer_steps = math.ceil(total / cfg.grad_accum)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optimizer_steps, cfg.warmup_ratio))
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     model, opt, sched = acc.prepare(model, opt, sched)
     model.train()
     method.before_train(model, params)  # before a resume loads: the model still holds theta_pre
@@ -135,12 +139,13 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         start, log = state["step"], state["log"]
         print(f"resumed from {ckpt} at step {start}/{total}")
 
-    bar = tqdm(range(start, total), desc=f"finetune {spec['method']} L={spec['depth']}", disable=not progress,
+    bar = tqdm(range(start, total), desc=f"finetune {spec['method']} L={spec['depth']}", disable=not (progress and main),
                initial=start, total=total)
     t0 = time.time()
     for step in bar:
         epoch, pos = divmod(step, steps_per_epoch)
         idx = epoch_order(len(rows), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+        idx = idx[acc.process_index :: acc.num_processes]
         batch = {k: v.to(acc.device) for k, v in sft_batch(processor, rows.iloc[idx.tolist()]).items()}
         with acc.accumulate(model):
             with recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
@@ -157,15 +162,20 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         rate = (step + 1 - start) * cfg.batch_size / max(1e-9, time.time() - t0)
         log.append({"step": step + 1, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0]})
         bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
-        if stop_after is not None and step + 1 - start >= stop_after:
-            save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
+        stop = stop_after is not None and step + 1 - start >= stop_after
+        if stop or ((step + 1) % cfg.checkpoint_every == 0 and step + 1 < total):
+            if main:
+                save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
+            acc.wait_for_everyone()
+        if stop:
             return {"stopped_at": step + 1}
 
     model = acc.unwrap_model(model)
     model.eval()
     method.post_train(model, None)
+    if not main:
+        acc.wait_for_everyone()
+        return {"steps": total}
     with atomic_path(out_dir / "delta.safetensors") as tmp:
         save_file(delta_state(model, int(spec["depth"])), str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
     with atomic_path(out_dir / "metrics.jsonl") as tmp:
@@ -175,6 +185,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         import shutil
 
         shutil.rmtree(ckpt)
+    acc.wait_for_everyone()
     return {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable}
 
 

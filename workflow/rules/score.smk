@@ -8,6 +8,7 @@ rule score_shard:
     params:
         spec=lambda wc: spec_json("score", wc.score),
         src=lambda wc, input: opt("--probes", input.get("probes")) + " " + opt("--data", input.get("data")),
+    cache: "omit-software"
     threads: job_threads("score_shard")
     resources:
         gpu=job_gpus("score_shard"),
