@@ -10,7 +10,7 @@ from dowser.world.tasks import generate_task_data
 TINY = WorldConfig(
     upstream_train_size=32, downstream_train_size=8, validation_size=4, test_size=8,
     pretrain_steps=40, pretrain_batch=8, pretrain_warmup=5, curriculum_steps=5,
-    pretrain_lr=3e-3,
+    pretrain_lr=3e-3, vision_warmup_steps=20, vision_warmup_batch=16,
 )  # fmt: skip
 
 

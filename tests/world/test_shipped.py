@@ -12,7 +12,9 @@ from dowser.world.tasks import CHANCE, UPSTREAM
 
 def test_shipped_model_matches_current_world_spec():
     spec = shipped_spec()
-    assert spec is not None, "no shipped world model: python -m dowser.world.pretrain --out src/dowser/world/shipped"
+    assert spec is not None, (
+        "no shipped world model: python -m dowser.world.pretrain --out src/dowser/world/shipped"
+    )
     assert spec["version"] == WORLD_VERSION, "stale shipped world model (version)"
     assert spec["config"] == WorldConfig().to_dict(), (
         "stale shipped world model: regenerate with "

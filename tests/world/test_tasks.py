@@ -22,7 +22,9 @@ from dowser.world.tasks import (
     vocabulary,
 )
 
-SMALL = WorldConfig(upstream_train_size=30, downstream_train_size=20, validation_size=8, test_size=12)
+SMALL = WorldConfig(
+    upstream_train_size=30, downstream_train_size=20, validation_size=8, test_size=12
+)
 COLUMNS = ["id", "image", "question", "answer", "references", "choices", "task"]
 
 

@@ -16,7 +16,8 @@ def processor():
 
 def test_special_tokens_at_fixed_ids(processor):
     tok = processor.tokenizer
-    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    assert ids == list(range(len(SPECIAL_TOKENS)))
     assert tok.convert_tokens_to_ids("<image>") == 4
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     assert len(tok) == len(SPECIAL_TOKENS) + len(vocabulary())

@@ -27,8 +27,8 @@ class WorldConfig:
     # 48 px / 8 px patches (36 tokens) did worse.
     image_size: int = 32
     patch_size: int = 4
-    # Upstream train splits feed pretraining only; 4000 per task keeps 3000 steps x 32 at
-    # ~4 epochs and all-task generation under 30 s.
+    # Upstream train splits feed pretraining only; 4000 per task: 2500 steps x 32 see each
+    # item ~3-6 times, and all ten tasks generate in ~9 s.
     upstream_train_size: int = 4000
     # Downstream train splits serve the short fine-tunes (100-300 steps x batch 32).
     downstream_train_size: int = 1500
@@ -57,25 +57,40 @@ class WorldConfig:
     # Prompt (64 image tokens + <= ~25 words) plus a caption fits easily.
     max_positions: int = 160
 
-    # --- stage 1: vision tower warm-up (pooled head, see pretrain.warmup_vision) ---------
-    # Digit reading stayed at chance through the decoder for 1500 joint steps; the tower
-    # alone with a pooled head learned it in ~250 steps (2026-11-25).
-    vision_warmup_steps: int = 1500
+    # --- stage 1: vision tower warm-up (pretrain.warmup_vision) ------------------------
+    # Without it, digit reading stayed at chance through the decoder for 1500 joint steps
+    # (2026-11-25); the tower with a question-attention head learns it directly (1500
+    # steps: held-out digit 0.86, count 0.89). lr 3e-3 spiked on digits alone.
+    vision_warmup_steps: int = 2500
     vision_warmup_batch: int = 64
-    vision_warmup_lr: float = 3e-3
+    vision_warmup_lr: float = 2e-3
+    # LLaVA-1.5 keeps CLIP frozen; unfrozen here, the random decoder's gradients wiped the
+    # warmed-up digit features (textvqa at chance after 800 steps).
+    freeze_vision: bool = True
 
-    # --- pretraining ------------------------------------------------------------------
-    # AdamW + linear warmup + cosine: the prototype's recipe (lr 3e-3 beat 5e-3).
-    pretrain_steps: int = 3000
+    # --- stage 2: projector + decoder -------------------------------------------------
+    # AdamW + linear warmup + cosine: the prototype's recipe (lr 3e-3 beat 5e-3). 2500
+    # steps x 32: ~13 min on one free core (measured 2026-11-25).
+    pretrain_steps: int = 2500
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 100
     pretrain_weight_decay: float = 0.01
     pretrain_grad_clip: float = 1.0
     # Mixed-task pretraining from scratch sat at chance for 1500-3000 steps; a short
-    # single-skill phase first broke the plateau (prototype 1).
+    # phase on the easier skills first broke the plateau (WORLD.md prototype 1).
     curriculum_steps: int = 300
     curriculum_tasks: tuple = ("world-okvqa", "world-gqa", "world-count")
+    # Language-modelling loss beside the answers (question words of 2 items per task +
+    # `lexicon_batch` "<s> w </s>" sequences), weighted against the answer loss. Without
+    # it the decoder never emits a word outside the upstream answers nor more than one
+    # word, and a 150-step caption fine-tune produced "on on on ..." (with it: "two blue
+    # triangles on the right"; 2026-11-25).
+    text_loss_weight: float = 0.2
+    lexicon_batch: int = 16
+    # Sampling weight of each upstream task, in tasks.UPSTREAM order (textvqa, okvqa, gqa,
+    # count, mmbench, mmbench-cn): okvqa converges in ~300 steps, reading lags.
+    task_weights: tuple = (2.0, 0.5, 1.5, 1.0, 1.0, 1.0)
     # CPU matmul reductions depend on the thread count; fixing it keeps reruns identical.
     pretrain_threads: int = 1
 

@@ -87,5 +87,6 @@ def build_processor(cfg: WorldConfig):
 
 
 def format_prompt(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
