@@ -20,7 +20,8 @@ Downstream tasks (never seen in pretraining; each changes output style or images
   world-flickr      caption in another style ("a small blue square near the top") -> CIDEr
   world-imagenet-r  shape of a style-shifted rendering (outline, stripes, dots,
                     inverted) -> shape word
-  world-iconqa      which icon appears most in a 3x3 icon grid -> icon word
+  world-iconqa      which icon appears most in a 3x3 icon grid (each icon in its own
+                    colour, the most frequent ahead by two) -> icon word
 
 Simplifications (WORLD.md: simplify rather than leave a task at chance):
   - textvqa reads single digits (10-way) in a 3x5 font at scale 4, one font pixel per 4 px
@@ -279,18 +280,23 @@ def gen_imagenet_r(rng, size):
     return img, Q_IMAGENET_R, shape, [shape]
 
 
+# Each icon has its own colour: with random colours, a 150-step fine-tune of the decoder
+# (frozen tower, never trained on icons) stayed at the majority answer (0.40, 2026-11-25).
+ICON_COLOURS = {"star": "yellow", "heart": "red", "arrow": "green", "moon": "blue"}
+
+
 def gen_iconqa(rng, size):
     img = scenes.background(rng, size)
     names = list(ICONS)
     k = int(rng.integers(2, 4))
     types = _pick(rng, names, k)
-    while True:  # 9 cells, every type present, a unique most frequent one
+    while True:  # 9 cells, every type present, the most frequent one ahead by >= 2
         assign = rng.integers(0, k, size=9)
-        counts = np.bincount(assign, minlength=k)
-        if counts.min() > 0 and (counts == counts.max()).sum() == 1:
+        counts = np.sort(np.bincount(assign, minlength=k))
+        if counts[0] > 0 and counts[-1] - counts[-2] >= 2:
             break
-    colours = _pick(rng, COLOUR_NAMES, k)
-    rgbs = [scenes.jitter_colour(rng, c) for c in colours]
+    counts = np.bincount(assign, minlength=k)
+    rgbs = [scenes.jitter_colour(rng, ICON_COLOURS[t]) for t in types]
     cell = (size - 2) // 3
     for c, t in enumerate(assign):
         x0, y0 = 1 + (c % 3) * cell, 1 + (c // 3) * cell
