@@ -73,17 +73,38 @@ def test_second_run_has_nothing_to_do(workflow):
     assert "Nothing to be done" in out
 
 
-def test_downstream_change_reruns_no_upstream_stage(workflow):
-    out = snakemake(workflow, "-n", "--config", "finetune={'methods': ['full', 'dowser', 'random'], "
-                    "'random_seeds': [0], 'depths': [6], 'tasks': ['world-imagenet-r'], "
-                    "'train': {'lr': 0.002, 'epochs': 1, 'batch_size': 16, 'train_samples': 64, 'seed': 0}}").stdout
-    counts = job_counts(out)
-    assert counts.get("finetune") == 3 and counts.get("evaluate") == 3
+def override(workflow: Path, name: str, text: str) -> str:
+    path = workflow / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("change, runs", [
+    ("finetune:\n  train: {lr: 0.002, epochs: 1, batch_size: 16, train_samples: 64, seed: 0, checkpoint_every: 2}\n", 3),
+    ("finetune:\n  tasks: [world-imagenet-r, world-coco]\n", 3),
+])
+def test_downstream_change_reruns_no_upstream_stage(workflow, change, runs):
+    extra = override(workflow, "change.yaml", change)
+    counts = job_counts(snakemake(workflow, "-n", "--configfile", str(REDUCED), extra).stdout)
+    assert counts.get("finetune") == runs, counts
     for rule in ("probe", "score_shard", "merge_scores", "mask", "data", "model"):
         assert counts.get(rule, 0) == 0, (rule, counts)
 
 
-def test_wrong_config_key_is_one_line(workflow):
-    proc = snakemake(workflow, "-n", "--config", "mask={'rho': [1.5], 'scope': 'module'}", check=False)
+def test_wrong_config_value_is_one_line(workflow):
+    extra = override(workflow, "bad.yaml", "mask: {rho: [1.5], scope: module}\n")
+    proc = snakemake(workflow, "-n", "--configfile", str(REDUCED), extra, check=False)
     assert proc.returncode != 0
-    assert "mask.rho: 1.5 is outside (0, 1)" in proc.stderr + proc.stdout
+    assert proc.stderr.strip() == "config error: mask.rho: 1.5 is outside (0, 1)"
+
+
+def test_html_report_and_snakemake_report(workflow):
+    index = (workflow / "results/report/index.html").read_text()
+    assert "Dowser vs Random" in index and "h_vs_depth.png" in index
+    paired = pd.read_parquet(workflow / "results/tables/paired.parquet")
+    assert set(paired.metric) == {"Avg", "H"}
+    snakemake(workflow, "--report", "report.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(workflow / "report.zip").namelist()
+    assert any(n.endswith("up_vs_down.png") for n in names), names
