@@ -87,6 +87,11 @@ def opt(flag, path):
     return f"{flag} {path}" if path else ""
 
 
+def opts(input, **flags):
+    """'--probes a --data b' for those of the named inputs the job has (flag per input name)."""
+    return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
+
+
 # Job sizes. Every rule takes its threads and resources (gpu, mem_mb, runtime) from here,
 # scaled by the base model's parameter count, so `snakemake --profile slurm` asks SLURM for
 # what the model needs (a 7B fine-tune vs the CPU-only world). A site overrides any of them

@@ -7,9 +7,7 @@ rule finetune:
         "logs/finetune/{run}.log",
     params:
         spec=lambda wc: spec_json("runs", wc.run),
-        mask=lambda wc, input: opt("--mask", input.get("mask"))
-        + " "
-        + opt("--parent", input.get("parent")),
+        mask=lambda wc, input: opts(input, mask="--mask", parent="--parent"),
         out=lambda wc: f"results/runs/{wc.run}",
         launcher=finetune_launcher,
     threads: job_threads("finetune")

@@ -7,7 +7,7 @@ rule score_shard:
         "logs/score/{score}-{k}-of-{n}.log",
     params:
         spec=lambda wc: spec_json("score", wc.score),
-        src=lambda wc, input: opt("--probes", input.get("probes")) + " " + opt("--data", input.get("data")),
+        src=lambda wc, input: opts(input, probes="--probes", data="--data"),
     cache: "omit-software"
     threads: job_threads("score_shard")
     resources:
