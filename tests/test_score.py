@@ -7,7 +7,7 @@ import torch
 
 from tinymodels import tiny_llama
 from dowser.models import scored_modules
-from dowser.score import (ScoreConfig, accumulate_scores, draw_seed, finalize, load_scores, merge_shards,
+from dowser.score import (ScoreConfig, accumulate_scores, draw_seed, load_scores, merge_shards,
                           rademacher, score_model, write_shard)
 
 PROBES = [[3, 5, 7, 9, 11, 4], [6, 8, 10, 12], [13, 14, 15, 16, 17, 18, 19], [20, 21, 3]]

@@ -1,6 +1,5 @@
 """Frozen entries stay bit-identical after training, for every method; base + delta = fine-tuned."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,12 +1,12 @@
 """The whole Snakemake pipeline on a reduced world: outputs, no-op rerun, cache boundaries."""
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from workflowlib import job_counts, run
 
 ROOT = Path(__file__).resolve().parents[2]
 REDUCED = ROOT / "tests/e2e/reduced.yaml"
@@ -14,27 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = ["snakemake", "--cores", "2", "--configfile", str(REDUCED), *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=1500)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run -> {rule: count}."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if m:
-                counts[m.group(1)] = int(m.group(2))
-            elif line.strip() and not line.startswith("-"):
-                break
-    return counts
+    return run(["snakemake", "--cores", "2", "--configfile", str(REDUCED), *args], workdir, check)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROFILE, ROOT, cancel_jobs_under
+from workflowlib import job_counts, run
 
 # DOWSER_SLURM_TEST_CONFIG: more config files layered over the reduced one (e.g. a quick
 # in-pipeline pretrain while the shipped world model is being regenerated).
@@ -38,29 +39,6 @@ def copy_workflow(dest: Path) -> Path:
 
 def snakemake_cmd(*args: str) -> list[str]:
     return ["snakemake", "--configfile", *CONFIGS, *args]
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table snakemake prints -> {rule: count}."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if m:
-                counts[m.group(1)] = int(m.group(2))
-            elif line.strip() and not line.startswith("-"):
-                break
-    return counts
 
 
 def slurm_jobs(workdir: Path) -> dict[str, list[tuple[str, str]]]:

@@ -1,0 +1,28 @@
+"""Helpers for tests that drive the Snakemake workflow as a subprocess (e2e, slurm)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1500, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table snakemake prints -> {rule: count}."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if m:
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip() and not line.startswith("-"):
+                break
+    return counts
