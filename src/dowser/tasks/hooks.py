@@ -2,7 +2,7 @@
 
 Docs are common-schema rows (`dowser.tasks`). Prompts follow lmms-eval's task files
 (EvolvingLMMs-Lab/lmms-eval, lmms_eval/tasks/<benchmark>/); each prompt begins with the
-`<image>` placeholder, which lm-eval's multimodal chat formatting turns into an image
+`<image>` marker, which lm-eval's multimodal chat formatting turns into an image
 entry of the processor's chat template. Metric values are fractions (lm-eval's scale);
 `dowser.evaluate` reports them x100.
 """

@@ -7,7 +7,7 @@
 Why a subclass of lm-eval 0.4.13's `HFMultimodalLM` ("hf-multimodal") is needed:
 - `_create_tokenizer` returns a processor *object* instead of storing it, so
   `self.processor` is never set when one is passed in: we store it.
-- image `loglikelihood` raises NotImplementedError (and the code behind it is dead):
+- image `loglikelihood` is not implemented upstream in lm-eval 0.4.13 (it raises):
   we score continuations ourselves, batched, for label-restricted accuracy.
 - `generate_until` runs `gc.collect()` after every batch (0.3 s each on 2 cores) and
   decodes the batch at every step for its stop strings even when the only one is EOS,
