@@ -36,8 +36,12 @@ Every default names its source (paper table or official repository file).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+from dowser.methods.table import traits
+
+if TYPE_CHECKING:  # numpy only in annotations: `dowser.methods.table` is imported by the spec module
+    import numpy as np
 
 REGISTRY: dict[str, type] = {}
 
@@ -45,6 +49,9 @@ REGISTRY: dict[str, type] = {}
 def register(name: str):
     def wrap(cls):
         cls.name = name
+        # dense / needs_scores / needs_probes / post_hoc come from the one table (methods/table.py)
+        for key, value in vars(traits(name)).items():
+            setattr(cls, key, value)
         REGISTRY[name] = cls
         return cls
 

@@ -38,7 +38,6 @@ def drop_and_rescale(delta: torch.Tensor, p: float, rescale: bool = True,
 @register("dare")
 @dataclass
 class Dare(Method):
-    post_hoc = True
     p: float | None = None  # None: 1 - rho (README: 0.9 with rescale)
     rescale: bool = True
     seed: int = 0

@@ -9,7 +9,6 @@ from dowser.methods import MaskContext, Method, register
 
 @register("dowser")
 class Dowser(Method):
-    needs_scores = True
 
     def build_mask(self, ctx: MaskContext):
         if ctx.scores is None:

@@ -5,4 +5,4 @@ from dowser.methods import Method, register
 
 @register("full")
 class Full(Method):
-    dense = True
+    """Whole trainable weights; traits (dense) in methods/table.py."""

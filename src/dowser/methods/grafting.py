@@ -83,7 +83,6 @@ def rounded_masks(basepatch: list[torch.Tensor], S: list[torch.Tensor], bias: fl
 @register("grafting")
 @dataclass
 class Grafting(Method):
-    post_hoc = True
     sparsity: float | None = None  # None: rho (official script 1e-7, dataclass 1e-5)
     sigmoid_bias: float = 10.0  # Grafting.py / run_graft_task.sh
     lr: float = 1e7  # run_graft_task.sh

@@ -25,7 +25,6 @@ from dowser.methods import Method, register
 @register("lora")
 @dataclass
 class Lora(Method):
-    dense = True
     r: int = 128
     alpha: int = 256
     dropout: float = 0.05

@@ -56,7 +56,6 @@ def _work_dtype(p: torch.Tensor) -> torch.dtype:
 @register("spider")
 @dataclass
 class Spider(Method):
-    dense = True
     params: list = field(default_factory=list, init=False, repr=False)
     theta_pre: list = field(default_factory=list, init=False, repr=False)
     rank_pre: list = field(default_factory=list, init=False, repr=False)

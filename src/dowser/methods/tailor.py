@@ -109,7 +109,6 @@ class _Stop(Exception):
 @register("tailor")
 @dataclass
 class Tailor(Method):
-    post_hoc = True
     sparsity: float | None = None  # fraction reset per block; None: 1 - rho (official 0.9)
     nsamples: int = 128  # main_model_tailor.py
     blocksize: int = 128  # fasterprune(blocksize=128)

@@ -91,7 +91,6 @@ def row_masks(scores: dict[str, np.ndarray], rho: float, selection: str = "botto
 @register("wanda")
 @dataclass
 class Wanda(Method):
-    needs_probes = True
     group: str = "row"  # lib/prune.py: `sort_res = torch.sort(W_metric, dim=-1)`, per output row
 
     def __post_init__(self):
