@@ -45,7 +45,8 @@ VISION = dict(
     patch_size=14,
 )
 MROPE = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
-# q, k, v, o, gate, up, down: every family below uses a Llama-style block.
+# q, k, v, o, gate, up, down: every family below uses a Llama-style block (transformers 5.x
+# class names: LLaVA-OneVision, InternVL, Qwen3-VL, Gemma 3 and SmolVLM included).
 LINEARS_PER_BLOCK = 7
 
 
@@ -105,6 +106,45 @@ def _mllama():
     return T.MllamaForConditionalGeneration(cfg)
 
 
+def _llava_onevision():
+    cfg = T.LlavaOnevisionConfig(
+        vision_config=dict(VISION, model_type="siglip_vision_model"),
+        text_config=dict(TEXT, model_type="qwen2"),
+        image_token_index=IMAGE_TOKEN,
+    )
+    return T.LlavaOnevisionForConditionalGeneration(cfg)
+
+
+def _internvl():
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                  image_size=[28, 28], patch_size=[14, 14])
+    cfg = T.InternVLConfig(vision_config=vision, text_config=dict(TEXT, model_type="qwen2"), image_token_id=IMAGE_TOKEN)
+    return T.InternVLForConditionalGeneration(cfg)
+
+
+QWEN3_VISION = dict(depth=3, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16, patch_size=14,
+                    deepstack_visual_indexes=[1], num_position_embeddings=16)
+QWEN3_TEXT = dict(TEXT, rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True})
+
+
+def _qwen3_vl():
+    return T.Qwen3VLForConditionalGeneration(T.Qwen3VLConfig(vision_config=QWEN3_VISION, text_config=QWEN3_TEXT))
+
+
+def _gemma3():
+    cfg = T.Gemma3Config(
+        vision_config=dict(VISION, model_type="siglip_vision_model"),
+        text_config=dict(TEXT, model_type="gemma3_text", sliding_window=8),
+        mm_tokens_per_image=4,
+    )
+    return T.Gemma3ForConditionalGeneration(cfg)
+
+
+def _smolvlm():
+    cfg = T.SmolVLMConfig(vision_config=dict(VISION), text_config=dict(TEXT, model_type="llama"))
+    return T.SmolVLMForConditionalGeneration(cfg)
+
+
 def _llama():
     return T.LlamaForCausalLM(T.LlamaConfig(**TEXT))
 
@@ -119,6 +159,11 @@ FAMILIES = {
     "idefics3": (_idefics3, "model.text_model.layers", ["model.vision_model", "model.connector"]),
     "paligemma": (_paligemma, "model.language_model.layers", LLAVA_VISION),
     "mllama": (_mllama, "model.language_model.layers", ["model.vision_model", "model.multi_modal_projector"]),
+    "llava_onevision": (_llava_onevision, "model.language_model.layers", LLAVA_VISION),
+    "internvl": (_internvl, "model.language_model.layers", LLAVA_VISION),
+    "qwen3_vl": (_qwen3_vl, "model.language_model.layers", ["model.visual"]),
+    "gemma3": (_gemma3, "model.language_model.layers", LLAVA_VISION),
+    "smolvlm": (_smolvlm, "model.text_model.layers", ["model.vision_model", "model.connector"]),
     "llama": (_llama, "model.layers", []),
 }
 
@@ -302,6 +347,34 @@ def test_nested_expert_lists_stay_inside_their_block():
     assert prefix == "layers" and len(blocks) == 2
     names = [m.name for m in scored_modules(model)]
     assert len(names) == 2 * 6 and names[1] == "layers.0.experts.0.0"
+
+
+def test_fused_moe_experts_are_refused_in_one_line():
+    # Qwen3-VL-MoE keeps all experts of a block in one [experts, d_out, d_in] tensor: not an
+    # nn.Linear, so scoring the remaining linears would silently skip most of the decoder.
+    text = dict(QWEN3_TEXT, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, decoder_sparse_step=1)
+    model = T.Qwen3VLMoeForConditionalGeneration(T.Qwen3VLMoeConfig(vision_config=QWEN3_VISION, text_config=text))
+    assert decoder_blocks(model)[0] == "model.language_model.layers"
+    expected = (r"^Qwen3VLMoeForConditionalGeneration is not supported: decoder weight "
+                r"model\.language_model\.layers\.0\.mlp\.experts\.gate_up_proj of shape \[4, 16, 16\] is not "
+                r"an nn\.Linear \(fused MoE experts\?\); Dowser scores nn\.Linear weights only$")
+    for fn in (scored_modules, model_fingerprint, lambda m: trainable_modules(m, 1)):
+        with pytest.raises(ValueError, match=expected):
+            fn(model)
+
+
+def test_masked_linears_are_still_scored_modules():
+    """A parametrized (masked) weight lives outside the Linear's own parameters: not 'fused'."""
+    import numpy as np
+
+    from dowser.sparse import apply_masks
+
+    torch.manual_seed(0)
+    model = _llava()
+    before = scored_modules(model)
+    masks = {m.name: np.ones(m.shape, dtype=bool) for m in trainable_modules(model, 1)}
+    apply_masks(model, masks, depth=1)
+    assert scored_modules(model) == before
 
 
 def _tokenizer(**extra):

@@ -158,11 +158,36 @@ def num_blocks(model: nn.Module) -> int:
     return len(decoder_blocks(model)[1])
 
 
+def _unscorable_matrix(block: nn.Module) -> tuple[str, tuple[int, ...]] | None:
+    """(name, shape) of a matrix parameter of a block that no nn.Linear owns, or None.
+
+    Fused MoE experts (Qwen3-VL-MoE, recent Mixtral/DeepSeek ports keep every expert in one
+    [experts, d_out, d_in] tensor) and GPT-2's Conv1D hold weights that are not nn.Linear:
+    scoring only the remaining linears would silently leave most of the block out.
+    Embedding tables inside a block (T5's relative position bias) are not maps z = W h.
+    """
+    # recursively: a masked Linear keeps its weight in parametrizations.weight.original
+    owned = {id(p) for mod in block.modules() if isinstance(mod, (nn.Linear, nn.Embedding)) for p in mod.parameters()}
+    for name, p in block.named_parameters():
+        if p.dim() >= 2 and id(p) not in owned:
+            return name, tuple(p.shape)
+    return None
+
+
 def scored_modules(model: nn.Module) -> list[ScoredModule]:
-    """Every nn.Linear inside the decoder blocks, in (block, registration) order."""
+    """Every nn.Linear inside the decoder blocks, in (block, registration) order.
+
+    Raises ValueError for a decoder whose blocks hold matrix weights outside nn.Linear
+    (fused MoE experts): Dowser scores and masks nn.Linear weights only."""
     prefix, blocks = decoder_blocks(model)
     out = []
     for i, block in enumerate(blocks):
+        fused = _unscorable_matrix(block)
+        if fused is not None:
+            raise ValueError(
+                f"{type(model).__name__} is not supported: decoder weight {prefix}.{i}.{fused[0]} of shape "
+                f"{list(fused[1])} is not an nn.Linear (fused MoE experts?); Dowser scores nn.Linear weights only"
+            )
         for sub, mod in block.named_modules():
             if isinstance(mod, nn.Linear):
                 d_out, d_in = mod.weight.shape
