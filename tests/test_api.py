@@ -78,3 +78,23 @@ def test_noise_image_probes_score(world_model_dir):
     stats = accumulate_scores(model, ids, [0, 1], ScoreConfig(draws=2), pixel_values=pixels)
     vision = [n for n, p in model.named_parameters() if "vision" in n]
     assert vision and all(torch.isfinite(v).all() and v.sum() > 0 for v in stats["outer"].values())
+
+
+def test_load_model_takes_a_hub_name(tmp_path, monkeypatch, world_model_dir):
+    """README: dowser.load_model("<owner>/<name>") resolves through the Hugging Face cache."""
+    import shutil
+
+    import huggingface_hub.constants as C
+
+    commit = "ab" * 20
+    repo = tmp_path / "hub" / "models--someone--world-llava"
+    shutil.copytree(world_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert dowser.resolve_model("someone/world-llava") == repo / "snapshots" / commit
+    model, _ = dowser.load_model("someone/world-llava", revision="main")
+    local, _ = dowser.load_model(world_model_dir)
+    assert [m.name for m in dowser.scored_modules(model)] == [m.name for m in dowser.scored_modules(local)]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), local.state_dict().values()))

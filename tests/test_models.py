@@ -446,3 +446,86 @@ def test_download_model_from_a_local_folder(tmp_path):
     assert torch.equal(loaded.get_submodule(name).weight, model.get_submodule(name).weight)
     with pytest.raises(FileNotFoundError, match="model path not found"):
         download_model({"name": str(tmp_path / "nope")}, tmp_path / "out2")
+
+
+def _hub_cache(root, repo: str, revisions: dict[str, nn.Module]):
+    """A Hugging Face cache holding `repo` (huggingface_hub's layout: refs/<name> -> commit,
+    snapshots/<commit>/ files), one snapshot per named revision."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    commits = {}
+    for i, (ref, model) in enumerate(revisions.items()):
+        commit = f"{i + 1:040x}"
+        snap = folder / "snapshots" / commit
+        model.save_pretrained(snap)
+        _tokenizer().save_pretrained(snap)
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)
+        commits[ref] = commit
+    return commits
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 with a private cache: nothing may reach the network."""
+    import huggingface_hub.constants as C
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_load_model_resolves_a_hub_name_and_revision_through_the_cache(offline_hub):
+    from dowser.models import resolve_model
+
+    torch.manual_seed(0)
+    main, v1 = _llama(), _llama()
+    commits = _hub_cache(offline_hub, "tiny-org/tiny-llama", {"main": main, "v1": v1})
+    name = scored_modules(main)[0].name
+    assert not torch.equal(main.get_submodule(name).weight, v1.get_submodule(name).weight)
+    for revision, expected in ((None, main), ("main", main), ("v1", v1), (commits["v1"], v1)):
+        loaded, tok = load_model("tiny-org/tiny-llama", revision=revision)
+        assert torch.equal(loaded.get_submodule(name).weight, expected.get_submodule(name).weight), revision
+        assert tok("w1 w2").input_ids == [1, 2]
+    folder = resolve_model("tiny-org/tiny-llama", "v1")
+    assert folder.name == commits["v1"] and (folder / "config.json").exists()
+
+
+def test_load_model_passes_trust_remote_code_and_revision(offline_hub, monkeypatch):
+    """The arguments reach from_pretrained for the resolved snapshot folder."""
+    calls = []
+    real = T.AutoModelForImageTextToText.from_pretrained
+
+    def record(path, **kwargs):
+        calls.append((str(path), kwargs))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(T.AutoModelForImageTextToText, "from_pretrained", record)
+    commits = _hub_cache(offline_hub, "tiny-org/tiny-llava", {"main": _llava()})
+    load_model("tiny-org/tiny-llava", revision="main", dtype="bfloat16", trust_remote_code=True)
+    ((path, kwargs),) = calls
+    assert path.endswith(f"snapshots/{commits['main']}")
+    assert kwargs == dict(dtype=torch.bfloat16, use_safetensors=True, trust_remote_code=True)
+
+
+def test_hub_name_errors_are_one_line(offline_hub, tmp_path):
+    _hub_cache(offline_hub, "tiny-org/tiny-llama", {"main": _llama()})
+    with pytest.raises(FileNotFoundError) as err:
+        load_model("nobody/no-such-model")
+    assert str(err.value) == (
+        "hub model nobody/no-such-model is not in the local Hugging Face cache and the hub cannot be "
+        "reached (offline or HF_HUB_OFFLINE=1); fetch it on a node with network first"
+    )
+    with pytest.raises(FileNotFoundError, match=r"^hub model tiny-org/tiny-llama@v9 is not in the local"):
+        load_model("tiny-org/tiny-llama", revision="v9")
+    # Not a repository id, or path-like: never sent to the hub.
+    for bad in ("a/b/c", "./tiny-org/tiny-llama", "bad name"):
+        with pytest.raises(FileNotFoundError) as err:
+            load_model(bad)
+        assert str(err.value) == f"model path not found: {bad}"
+    folder = tmp_path / "local"
+    _llama().save_pretrained(folder)
+    with pytest.raises(ValueError, match="only hub names have revisions"):
+        load_model(folder, revision="main")

@@ -3,7 +3,7 @@
 The Python API, for users with their own training scripts::
 
     import dowser
-    model, processor = dowser.load_model("llava-hf/llava-1.5-7b-hf")
+    model, processor = dowser.load_model("llava-hf/llava-1.5-7b-hf")  # or a local folder; revision=...
     probes = dowser.synthesize_probes(model, processor, n=64)       # texts the model writes itself
     scores = dowser.score_model(model, probes, draws=8)             # {module: S (d_out x d_in)}
     masks = dowser.build_masks(scores, rho=0.1)                     # {module: bool, True = trainable}
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _API = {
     "load_model": "dowser.models",
+    "resolve_model": "dowser.models",
     "scored_modules": "dowser.models",
     "synthesize_probes": "dowser.probe",
     "score_model": "dowser.score",

@@ -3,6 +3,7 @@
     from dowser.models import download_model, load_model, scored_modules, trainable_modules
     download_model({"name": "llava-hf/llava-1.5-7b-hf", "revision": None}, "/models/llava")
     model, processor = load_model("/models/llava", dtype="bfloat16")
+    model, processor = load_model("llava-hf/llava-1.5-7b-hf", revision="main")  # via the HF cache
     for m in trainable_modules(model, depth=20):   # the last 20 decoder blocks
         print(m.block, m.name, m.shape)
 
@@ -210,17 +211,66 @@ def model_fingerprint(model: nn.Module) -> dict[str, list[int]]:
     return {m.name: list(m.shape) for m in scored_modules(model)}
 
 
+def resolve_model(name: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a model: `name` itself when it is a checkpoint folder, else the
+    snapshot of hub repository `name` at `revision` in the Hugging Face cache (downloaded,
+    checkpoint files only, unless already cached; HF_HUB_OFFLINE=1 reads the cache only).
+
+    A Path, or a name that looks like a path (starts with '.', '/' or '~', or is not a valid
+    'owner/name' repository id), is never sent to the hub: FileNotFoundError in one line.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision {revision!r} given for the local folder {name}: only hub names have revisions")
+        return local
+    text = str(name)
+    if isinstance(name, Path) or local.exists() or text.startswith((".", "/", "~")) or not _is_repo_id(text):
+        raise FileNotFoundError(f"model path not found: {name}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    at = f"@{revision}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=CHECKPOINT_FILES))
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"hub model {text} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"hub model not found: {text} (no such repository, or a private/gated one: log in with `hf auth login`)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(
+            f"hub model {text}{at} is not in the local Hugging Face cache and the hub cannot be reached "
+            "(offline or HF_HUB_OFFLINE=1); fetch it on a node with network first"
+        ) from None
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 def load_model(
-    path: str | Path,
+    name: str | Path,
+    revision: str | None = None,
+    *,
+    trust_remote_code: bool = False,
     dtype: str = "float32",
     device: str = "cpu",
-    trust_remote_code: bool = False,
 ):
-    """Load a local checkpoint -> (model in eval mode, processor or tokenizer).
+    """Load a checkpoint folder or a hub model -> (model in eval mode, processor or tokenizer).
 
-    Image-text models load through AutoModelForImageTextToText; a config that class does
-    not know (a text-only LLM) falls back to AutoModelForCausalLM. Only safetensors are
-    read (no pickle from a checkpoint directory).
+    `name`: a local folder, or a hub name such as "llava-hf/llava-1.5-7b-hf" resolved at
+    `revision` through the Hugging Face cache (`resolve_model`). Image-text models load
+    through AutoModelForImageTextToText; a config that class does not know (a text-only LLM)
+    falls back to AutoModelForCausalLM. Only safetensors are read (no pickle).
+    `trust_remote_code` runs the checkpoint's own *.py (e.g. NVILA): off unless asked.
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -229,11 +279,9 @@ def load_model(
         AutoTokenizer,
     )
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model path not found: {path}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    path = resolve_model(name, revision)
     kwargs = dict(dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
