@@ -27,8 +27,9 @@ from dowser.stability import stability_table
 OUT = Path(__file__).parent / "results" / "stability_world.json"
 
 
-def scores_of(model, ids, pixels, draws):
-    stats = accumulate_scores(model, ids, list(range(len(ids))), ScoreConfig(draws=draws), pixel_values=pixels)
+def scores_of(model, ids, pixels, draws, seed=0):
+    stats = accumulate_scores(model, ids, list(range(len(ids))), ScoreConfig(draws=draws, seed=seed),
+                              pixel_values=pixels)
     weights = {m.name: dict(model.named_modules())[m.name].weight.detach().abs().double() for m in scored_modules(model)}
     return {k: v.numpy() for k, v in finalize(stats, weights, len(ids)).items()}
 
