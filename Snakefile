@@ -1,15 +1,29 @@
 # Dowser: probe -> score -> merge -> mask -> finetune -> evaluate -> report.
 #   snakemake --cores 2                       # the miniature world, on a laptop
 #   snakemake --profile slurm --configfile configs/<experiment>.yaml
+#   Defaults for every call (checksums of rebuilt inputs): profiles/default/config.yaml
+import sys
+
 from snakemake.utils import min_version
 
+from dowser.spec import read_config_file
+
 min_version("9.0")
+
+# Snakemake's own message for a broken config file names neither the file nor the line.
+# It reads --configfile files before this Snakefile runs (their errors stay its own; see
+# `dowser check-config`); config.yaml is read here, so it is checked first.
+try:
+    read_config_file("config.yaml")
+except (ValueError, OSError) as e:
+    sys.exit(f"config error: {e}")
 
 
 configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/score.smk"
@@ -17,6 +31,7 @@ include: "workflow/rules/mask.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/continual.smk"
 
 
 rule all:
