@@ -127,30 +127,96 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
 
 # --- multiple choice (MMBench) --------------------------------------------------------
 LETTERS = "ABCDEFGHIJ"
-# MMBench's rule-based matcher (can_infer_option): a letter alone, or wrapped like "(B)",
-# "B.", "B:" ... counts if exactly one candidate letter appears that way.
-_LETTER_WRAPS = [("", ""), ("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"),
-                 ("(", ")."), (":", ""), (":", ","), (":", "."), (":", ")"), (":", ").")]
+# MMBench's evaluator as lmms-eval runs it (lmms_eval/tasks/mmbench/mmbench_evals.py,
+# MMBench_Evaluator.can_infer_option / can_infer_text / can_infer): a letter token of
+# "ABCDE", alone or wrapped as below, that is the only one of its form; else the one option
+# whose text occurs in the answer. What it cannot read goes to a GPT judge there, or in
+# lmms-eval's judge-free "static" mode to `extract_mcq_answer`
+# (lmms_eval/tasks/_task_utils/mcq_extract.py): we have no judge and use that fallback,
+# which also reads Chinese answers ("答案是B", "答案：C", "选项C。").
+_OPTION_LETTERS = "ABCDE"  # can_infer_option(answer, num_choice=5)
+_LETTER_WRAPS = [("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."),
+                 (":", ""), (":", ","), (":", "."), (":", ")"), (":", ").")]
+
+
+def can_infer_option(answer: str, letters: str = _OPTION_LETTERS) -> str | None:
+    """MMBench's letter matcher: the letter of the one token of a form, else None."""
+    if "Failed to obtain answer via API" in answer:
+        return None
+    splits = [x.strip() for x in answer.split()]
+    hits = [c for c in letters if c in splits]
+    # A bare "A" in a longer answer may be the article: then only the wrapped forms count.
+    if len(hits) == 1 and not ("A" in splits and len(splits) > 3):
+        return hits[0]
+    for pre, post in _LETTER_WRAPS:
+        hits = [c for c in letters if pre + c + post in splits]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def can_infer_text(answer: str, choices: Sequence[str]) -> str | None:
+    """MMBench's text matcher: the letter of the one option whose text is in the answer."""
+    low = answer.lower()
+    found = [LETTERS[i] for i, c in enumerate(choices) if str(c).lower() in low]
+    return found[0] if len(found) == 1 else None
+
+
+# lmms-eval mcq_extract: phrases after which the first choice letter is the answer.
+_ANSWER_PHRASES = [
+    "the answer is", "answer is", "the correct answer is", "correct answer is",
+    "the best answer is", "best answer is", "the correct option is", "correct option is",
+    "the best option is", "best option is", "the choice is", "choice is",
+    "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+    "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选",
+    "答えは"]
+_FORMS = [("({})", "parentheses", 6), ("{}.", "period", 5), ("{}:", "colon", 4),
+          ("{})", "right_paren", 3), ("{} ", "space", 2)]
+
+
+def extract_mcq_letter(response: str, letters: Sequence[str] = "ABCDEFGH") -> str | None:
+    """lmms-eval's judge-free reader: every letter form found scores (priority, position);
+    the highest wins (start 10, end 9, answer phrase 7, "(B)" 6, "B." 5, "B:" 4, "B)" 3,
+    "B " 2; any occurrence 0, only when nothing else is found)."""
+    if not response or not response.strip():
+        return None
+    text = response.strip()
+    for ch in ",.!?;:'\"":
+        text = text.strip(ch)
+    text = f" {text} "
+    cands: list[tuple[int, int, str]] = []
+    for form, _, prio in _FORMS:
+        cands += [(prio, text.rfind(form.format(c)), c) for c in letters if form.format(c) in text]
+    low = text.lower()
+    for phrase in _ANSWER_PHRASES:
+        idx = low.find(phrase)
+        if idx != -1:
+            cands += [(7, pos, c) for c in letters
+                      if (pos := text.find(c, idx + len(phrase))) != -1]
+    stripped = text.strip()
+    for c in letters:
+        if stripped.startswith(c) and (len(stripped) == 1 or not stripped[1].isalpha()):
+            cands.append((10, 0, c))
+        if stripped.endswith(c) and (len(stripped) == 1 or not stripped[-2].isalpha()):
+            cands.append((9, len(text) - 1, c))
+    if not cands:
+        cands = [(0, text.rfind(c), c) for c in letters if c in text]
+    # lmms-eval sorts (priority, position) descending, stably: on a full tie the letter
+    # found first (in its scan order) wins.
+    return max(cands, key=lambda t: (t[0], t[1]))[2] if cands else None
 
 
 def extract_option_letter(prediction: str, choices: Sequence[str] = ()) -> str | None:
-    """The option letter a free-form answer picks, or None when it is ambiguous.
+    """The option letter a free-form answer picks, or None when nothing can be read.
 
-    Follows MMBench's matcher: first a letter token (alone or wrapped in brackets and
-    punctuation), then the unique option whose text occurs in the answer.
+    MMBench's `can_infer` (letter token, else option text), then lmms-eval's judge-free
+    fallback over the options' letters (every letter A-H when there are no options).
     """
-    letters = LETTERS[: max(len(choices), 4)]
-    tokens = [t.strip() for t in prediction.split()]
-    for pre, post in _LETTER_WRAPS:
-        hits = [c for c in letters if pre + c + post in tokens]
-        if len(hits) == 1:
-            # "A" is also an article: only trust a bare A in a short answer.
-            if hits[0] == "A" and (pre, post) == ("", "") and len(tokens) > 3:
-                continue
-            return hits[0]
-    low = prediction.lower()
-    found = [LETTERS[i] for i, c in enumerate(choices) if c and str(c).lower() in low]
-    return found[0] if len(found) == 1 else None
+    pred = prediction.strip()  # lmms-eval strips the response before matching
+    found = can_infer_option(pred) or can_infer_text(pred, choices)
+    if found:
+        return found
+    return extract_mcq_letter(pred, LETTERS[: len(choices)] if choices else "ABCDEFGH")
 
 
 def option_letter_match(prediction: str, answer: str, choices: Sequence[str] = ()) -> float:
@@ -171,41 +237,30 @@ def circular_accuracy(records: Iterable[tuple[object, float]]) -> float:
 
 
 # --- CIDEr-D --------------------------------------------------------------------------
-# pycocoevalcap tokenizes with Stanford's PTBTokenizer (Java). This is a Python stand-in:
-# lower-case, split off punctuation and clitics ('s, n't, 're ...), then drop the same
-# punctuation tokens pycocoevalcap drops. Plain-word captions tokenize identically.
-_PTB_DROP = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",",
-             ":", "-", "--", "...", ";", "(", ")", "[", "]", "{", "}", '"'}
-_CLITICS = re.compile(r"(?i)(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_PUNCT_SPLIT = re.compile(r"(\.\.\.|--|[.,!?;:()\[\]{}\"`]|(?<!\w)'|'(?!\w))")
-
-
-def ptb_tokenize(caption: str) -> str:
-    tokens = []
-    for tok in _CLITICS.sub(r" \1", caption.lower().replace("\n", " ")).split():
-        clitic = _CLITICS.match(tok)
-        if clitic:  # keep "'s" whole; split what follows it ("'s." -> "'s", ".")
-            tokens.append(clitic.group(1))
-            tok = tok[clitic.end():]
-        tokens.extend(_PUNCT_SPLIT.sub(r" \1 ", tok).split())
-    return " ".join(t for t in tokens if t not in _PTB_DROP)
-
-
-def cider_d(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
+def cider_d(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+            tokenizer: str = "auto") -> float:
     """Corpus CIDEr-D (pycocoevalcap's `Cider`: n=1..4, sigma=6, clipped, x10 inside).
 
     Returns the scorer's value (COCO papers print it x100). Document frequencies come from
     the evaluated references, so scores depend on the whole set, as in the official code.
+    Captions are tokenized as pycocoevalcap does (`dowser.ptb`: its Java PTB tokenizer when
+    `java` is on PATH, else the Python port; `tokenizer` = "java" / "python" forces one):
+    references in one batch, predictions in another, in the order of `predictions`.
     """
     from pycocoevalcap.cider.cider import Cider
+
+    from dowser import ptb
 
     missing = [k for k in predictions if k not in references]
     if missing:
         raise ValueError(f"cider_d: no references for {len(missing)} ids, e.g. {missing[0]!r}")
     if not predictions:
         return float("nan")
-    gts = {k: [ptb_tokenize(r) for r in references[k]] for k in predictions}
-    res = {k: [ptb_tokenize(predictions[k])] for k in predictions}
+    keys = list(predictions)
+    flat_refs = [r for k in keys for r in references[k]]
+    tok_refs = iter(ptb.tokenize(flat_refs, tokenizer))
+    gts = {k: [next(tok_refs) for _ in references[k]] for k in keys}
+    res = {k: [t] for k, t in zip(keys, ptb.tokenize([predictions[k] for k in keys], tokenizer))}
     score, _ = Cider().compute_score(gts, res)
     return float(score)
 
