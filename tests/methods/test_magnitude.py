@@ -40,3 +40,22 @@ def test_magnitude_global_scope_counts():
                                                            extra={"model": model}))
     total = sum(s[0] * s[1] for s in shapes.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(0.1 * total)
+
+
+def test_streamed_row_blocks_equal_brute_force_bf16_global(monkeypatch):
+    """|W| streamed a few rows at a time from a bf16 model, global scope: the same bits as a
+    stable sort of all float64 |W| (ties by module order, then flat index)."""
+    import dowser.methods.magnitude as mag
+
+    monkeypatch.setattr(mag, "CHUNK", 40)
+    model = tiny_llama(torch.float32, layers=2).to(torch.bfloat16)  # bf16: many exact ties
+    modules = dict(model.named_modules())
+    shapes = {m.name: m.shape for m in scored_modules(model)}
+    masks = get_method("magnitude").build_mask(MaskContext(shapes=shapes, rho=0.2, scope="global",
+                                                           extra={"model": model}))
+    flat = np.concatenate([np.abs(modules[n].weight.detach().double().numpy().ravel()) for n in shapes])
+    keep = np.zeros(flat.size, dtype=bool)
+    keep[np.argsort(flat, kind="stable")[: round(0.2 * flat.size)]] = True
+    got = np.concatenate([masks[n].ravel() for n in shapes])
+    assert len(np.unique(flat)) < flat.size  # ties exercised
+    np.testing.assert_array_equal(got, keep)

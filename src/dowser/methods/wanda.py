@@ -16,18 +16,22 @@ Options:
 Deviation: Wanda prunes layer by layer and feeds the pruned layer's outputs to the next;
 nothing is pruned here (the mask selects weights to train), so every ||X_j|| comes from
 one pass of the pretrained model.
+
+Host memory: the score is streamed from the weights a block of rows at a time (`WeightSource`)
+and a row's selection is a partition, not a sort; only the masks being written are whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dowser.mask import build_masks
+from dowser.mask import MaskSet
 from dowser.methods import MaskContext, Method, register
-from dowser.methods.magnitude import scored_weights
+from dowser.methods.magnitude import WeightSource, weight_sources
 
 GROUPS = ("row", "module")
 
@@ -69,23 +73,54 @@ def input_norms(model, token_ids: list[list[int]], pad_id: int = 0, batch_size: 
     return {k: v.sqrt().numpy() for k, v in sq.items()}
 
 
-def wanda_scores(model, token_ids: list[list[int]], pad_id: int = 0) -> dict[str, np.ndarray]:
-    norms = input_norms(model, token_ids, pad_id)
-    return {k: np.abs(w) * norms[k][None, :] for k, w in scored_weights(model).items()}
+def wanda_sources(model, token_ids: list[list[int]], pad_id: int = 0) -> dict[str, WeightSource]:
+    """{scored linear: |W| * ||X_j|| (float64), streamed a block of rows at a time}."""
+    return weight_sources(model, input_norms(model, token_ids, pad_id))
+
+
+def _row_select(block: np.ndarray, k: int) -> np.ndarray:
+    """Per row of `block`, the k smallest entries, ties by column index (= a stable sort)."""
+    if k == 0:
+        return np.zeros(block.shape, dtype=bool)
+    t = np.partition(block, k - 1, axis=1)[:, k - 1 : k]
+    less = block < t
+    eq = block == t
+    need = k - less.sum(1, keepdims=True)
+    return less | (eq & (np.cumsum(eq, axis=1) <= need))
+
+
+class RowMasks(Mapping):
+    """{module: per output row exactly round(rho * d_in) trainable entries (ties by column
+    index)}, each computed from its source a block of rows at a time when asked."""
+
+    def __init__(self, sources: Mapping, rho: float, selection: str = "bottom"):
+        if not 0.0 < rho < 1.0:
+            raise ValueError(f"mask.rho: {rho} is outside (0, 1)")
+        from dowser.mask import as_sources
+
+        self.sources, self.rho, self.sign = as_sources(sources), rho, 1.0 if selection == "bottom" else -1.0
+
+    def __iter__(self):
+        return iter(self.sources)
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, name):
+        src = self.sources[name]
+        d_in = src.shape[1]
+        k = round(self.rho * d_in)
+        out, row = np.empty(src.shape, dtype=bool), 0
+        for c in src.chunks():
+            block = self.sign * np.asarray(c, dtype=np.float64).reshape(-1, d_in)
+            out[row : row + block.shape[0]] = _row_select(block, k)
+            row += block.shape[0]
+        return out
 
 
 def row_masks(scores: dict[str, np.ndarray], rho: float, selection: str = "bottom") -> dict[str, np.ndarray]:
     """Per output row, exactly round(rho * d_in) trainable entries (ties by column index)."""
-    if not 0.0 < rho < 1.0:
-        raise ValueError(f"mask.rho: {rho} is outside (0, 1)")
-    out = {}
-    for name, s in scores.items():
-        k = round(rho * s.shape[1])
-        order = np.argsort(s if selection == "bottom" else -s, axis=1, kind="stable")[:, :k]
-        m = np.zeros(s.shape, dtype=bool)
-        np.put_along_axis(m, order, True, axis=1)
-        out[name] = m
-    return out
+    return dict(RowMasks(scores, rho, selection).items())
 
 
 @register("wanda")
@@ -102,9 +137,9 @@ class Wanda(Method):
             raise ValueError("method 'wanda' needs the base model (--model) and the probes (--probes)")
         probes = ctx.extra["probes"]
         token_ids = [list(x) for x in probes["token_ids"]]
-        scores = wanda_scores(ctx.extra["model"], token_ids, ctx.extra.get("pad_id", 0))
+        scores = wanda_sources(ctx.extra["model"], token_ids, ctx.extra.get("pad_id", 0))
         if self.group == "row":
             if ctx.scope != "module":
                 raise ValueError("wanda.group 'row' ranks within output rows: mask.scope must be 'module'")
-            return row_masks(scores, ctx.rho, ctx.selection)
-        return build_masks(scores, ctx.rho, ctx.scope, ctx.selection)
+            return RowMasks(scores, ctx.rho, ctx.selection)
+        return MaskSet(scores, ctx.rho, ctx.scope, ctx.selection)
