@@ -15,3 +15,37 @@ def tiny_llama(dtype=torch.float64, layers=2, vocab=24, seed=0):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def tiny_llava(dtype=torch.float32, layers=2, vocab=64, seed=0, image_token=63):
+    """A LLaVA (CLIP tower 28 px / 14 px patches = 4 image tokens, Llama decoder), random weights."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+        image_token_index=image_token,
+    )
+    model = LlavaForConditionalGeneration(cfg).to(dtype)
+    model.eval()
+    return model
+
+
+def tiny_world_llava(dtype=torch.float64, seed=0):
+    """(model, processor): a LlavaForConditionalGeneration with the world's tokenizer
+    (124 words, 6 special ids) and a 2-block, 16-wide decoder; frozen, eval mode."""
+    from dowser.world.config import WorldConfig
+    from dowser.world.model import build_model
+    from dowser.world.tokenizer import build_processor
+
+    cfg = WorldConfig.from_dict(dict(seed=seed, text_hidden=16, text_layers=2, text_heads=2, text_ffn=24,
+                                     vision_hidden=8, vision_layers=1, vision_heads=2, vision_ffn=16,
+                                     image_size=8, patch_size=4))
+    processor = build_processor(cfg)
+    model = build_model(cfg, processor).to(dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, processor

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU check of the 7B path (issue 11), one run, under 8 minutes on one GPU:
+#   benchmarks/gpu_check.sh [gpu_check.py options, e.g. --blocks 2]
+# 1. benchmarks/gpu_check.py: scoring time / bare 1 forward + R backward, peak memory and
+#    tokens/s of a Dowser (rho 0.1) vs a Full-FT step, on a LLaVA-1.5-7B-shaped slice
+#    -> benchmarks/results/gpu_check.json
+# 2. the `gpu`-marked tests (tests/test_gpu.py: bf16 fine-tune and scoring on CUDA)
+#    -> benchmarks/results/gpu_tests.xml
+# Exits non-zero when there is no CUDA device, or when either part fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: error: no CUDA device visible to torch (torch.cuda.is_available() is False);" \
+         "run it on a GPU node, or 'python benchmarks/gpu_check.py --device cpu --tiny' for a CPU dry run" >&2
+    exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+timeout 360 python benchmarks/gpu_check.py "$@"
+timeout 120 python -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider \
+    --junitxml=benchmarks/results/gpu_tests.xml
