@@ -25,14 +25,15 @@ import torch and pandas inside their functions.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dowser.methods.table import METHODS, traits
-from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec
+from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec  # noqa: F401 (ProbeSpec, ScoreSpec: ContinualGrid)
 
 MASK_MODES = ("recompute", "keep")
 DEFAULT_MASK_MODE = "recompute"  # what App. H implies (module docstring)
@@ -112,27 +113,35 @@ def check_continual_config(config: dict, num_blocks: int | None = None) -> None:
         raise ValueError(f"continual.depth: L={c['depth']} is outside 1..{num_blocks} decoder blocks")
 
 
-def _train_spec(train: dict) -> dict:
-    """The recipe as the main grid's RunSpec.train holds it (defaults filled in, runtime keys out)."""
-    from dowser import spec
+def _templates(config: dict, methods: list[str]):
+    """The main grid's own specs for these methods at the continual rho/seeds/recipe (probe, score,
+    one mask per (method, seed), one run per method): each step's specs are these with the start
+    model swapped in, so they carry whatever fields and defaults dowser.spec gives the main grid."""
+    from dowser.spec import build_grid
 
-    if hasattr(spec, "TrainConfig"):
-        return spec.TrainConfig.from_dict(train).spec_dict()
-    return dict(train)
+    c = config["continual"]
+    t = copy.deepcopy({k: v for k, v in config.items() if k not in ("continual", "stability")})
+    t["mask"] = {**t["mask"], "rho": [float(c["rho"])]}
+    t["finetune"] = {**t["finetune"], "methods": list(methods), "depths": [int(c["depth"])],
+                     "train": {**(t["finetune"].get("train") or {}), **(c.get("train") or {})}}
+    if c.get("random_seeds"):
+        t["finetune"]["random_seeds"] = list(c["random_seeds"])
+    return build_grid(t)
 
 
 def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
     """config (validated, with a `continual` section) -> the chains of every method."""
     num_blocks = base.world["config"]["text_layers"] if base.source == "world" else config["model"].get("blocks")
     check_continual_config(config, num_blocks)
-    c, p, s, ft, ev = (config[k] for k in ("continual", "probe", "score", "finetune", "evaluate"))
+    c, ev = config["continual"], config["evaluate"]
     mode = c.get("mask", DEFAULT_MASK_MODE)
-    train = _train_spec({**(ft.get("train") or {}), **(c.get("train") or {})})
+    tmpl = _templates(config, c["methods"])
+    if tmpl.model.id != base.id:
+        raise ValueError("continual: the base model spec differs from the main grid's")
     tasks = tuple(c["tasks"])
     grid = ContinualGrid(base=base, tasks=tasks)
     eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
     upstream = tuple(ev["upstream"])
-    method_params = ft.get("method_params") or {}
 
     def add_eval(model_id: str, run_id: str | None, benchmarks: tuple) -> None:
         spec = EvalSpec(model=model_id, benchmarks=benchmarks, params=eval_params, run=run_id)
@@ -140,39 +149,33 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
 
     add_eval(base.id, None, upstream + tasks)  # row 0: zero-shot
 
-    def mask_for(method: str, model_id: str, rho: float, seed, params) -> MaskSpec:
+    def mask_for(template: MaskSpec, model_id: str) -> MaskSpec:
+        """The template mask (built on the base model) moved to `model_id`, its probes and scores too."""
         probe = score = None
-        t = traits(method)
-        if t.needs_scores or t.needs_probes:
-            probe = ProbeSpec(model=model_id, n=int(p["n"]), seed_len=int(p["seed_len"]),
-                              new_tokens=int(p["new_tokens"]), temperature=float(p["temperature"]),
-                              image=p["image"], seed=int(p["seed"]))
+        if template.probe is not None or template.score is not None:
+            probe = replace(tmpl.probe, model=model_id)
             grid.probes[probe.id] = probe
-        if t.needs_scores:
-            score = ScoreSpec(model=model_id, probe=probe.id, estimator=s["estimator"], draws=int(s["draws"]),
-                              aggregate=s["aggregate"], output=s["output"], shards=int(s["shards"]),
-                              seed=int(s["seed"]))
+        if template.score is not None:
+            score = replace(tmpl.score, model=model_id, probe=probe.id)
             grid.scores[score.id] = score
-        mask = MaskSpec(model=model_id, method=method, rho=rho, scope=config["mask"]["scope"],
-                        score=score.id if score else None, seed=seed,
-                        probe=probe.id if t.needs_probes else None, params=params)
+        mask = replace(template, model=model_id, score=score.id if score else None,
+                       probe=probe.id if template.probe is not None else None)
         grid.masks[mask.id] = mask
         return mask
 
     for method in c["methods"]:
-        params = method_params.get(method) or None
-        dense = traits(method).dense
-        seeds = [int(x) for x in c.get("random_seeds", [0])] if traits(method).seeded else [None]
-        for seed in seeds:
-            rho = None if dense else float(c["rho"])
+        template_run = next(r for r in tmpl.runs.values() if r.method == method)
+        masks = [m for m in tmpl.masks.values() if m.method == method] or [None]  # dense: no mask
+        for template in masks:
+            seed = template.seed if template is not None else None
             label = method if seed is None else f"{method}-seed{seed}"
             start, previous, chain = base.id, None, []
             for step, task in enumerate(tasks, start=1):
-                mask = None if dense else mask_for(method, start if mode == "recompute" else base.id, rho,
-                                                   seed, params)
-                run = ContinualRunSpec(model=start, method=method, task=task, depth=int(c["depth"]), train=train,
-                                       step=step, previous=previous, mask=mask.id if mask else None,
-                                       mask_mode=None if dense else mode, rho=rho, seed=seed, params=params)
+                mask = None if template is None else mask_for(template, start if mode == "recompute" else base.id)
+                run = ContinualRunSpec(model=start, method=method, task=task, depth=int(c["depth"]),
+                                       train=template_run.train, step=step, previous=previous,
+                                       mask=mask.id if mask else None, mask_mode=None if mask is None else mode,
+                                       rho=mask.rho if mask else None, seed=seed, params=template_run.params)
                 grid.runs[run.id] = run
                 chain.append(run.id)
                 last = step == len(tasks)
