@@ -14,6 +14,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -36,7 +37,11 @@ def provenance(started: float) -> dict:
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    # Threads change float summation order, hence the last bits of CPU results. Read only
+    # from a torch the stage already imported: this module stays torch-free.
+    torch = sys.modules.get("torch")
     return {
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "packages": versions,
         "python": platform.python_version(),
         "git_commit": commit,
@@ -47,6 +52,34 @@ def provenance(started: float) -> dict:
     }
 
 
+def umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it races)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, all it holds) the modes a plain open()/mkdir() would:
+    temp files (mkstemp) are 0600, so a shared cache or group project could not read them."""
+    mask = umask()
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (temp file in the same folder, then os.replace)."""
     path = Path(path)
@@ -55,6 +88,7 @@ def write_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+    _honour_umask(Path(tmp))
     os.replace(tmp, path)
 
 
@@ -72,6 +106,8 @@ def atomic_path(path: Path):
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         raise
+    if tmp.exists():
+        _honour_umask(tmp)
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
