@@ -1,0 +1,82 @@
+"""dowser.findings: each claim's verdict from synthetic tables, and the generated page."""
+
+import pandas as pd
+import pytest
+
+from dowser.findings import (claim_continual, claim_deep, claim_depth, claim_random, claim_stability,
+                             md_table, write_results_md)
+from tests.test_report import frame, row
+
+
+def rho_grid(dowser_up, random_up=(50.0, 51.0, 49.0), rhos=(0.1, 0.5, 0.9)):
+    """Dowser (3 probe seeds, +-1 around dowser_up[rho]) and Random (3 seeds) at every rho."""
+    rows = [row("full", 10.0, 200.0)]
+    for rho in rhos:
+        rows += [row("dowser", dowser_up[rho] + d, 150.0, rho=rho, seed=s) for s, d in enumerate((-1.0, 0.0, 1.0))]
+        rows += [row("random", u, 150.0, rho=rho, seed=s) for s, u in enumerate(random_up)]
+    return frame(rows)
+
+
+def test_claim_random_verdicts():
+    grows = rho_grid({0.1: 60.0, 0.5: 70.0, 0.9: 80.0})
+    assert claim_random(grows).verdict == "reproduced"
+    v = claim_random(rho_grid({0.1: 80.0, 0.5: 70.0, 0.9: 60.0}))  # significant but shrinking gap
+    assert v.verdict == "mixed" and "in 3 of 3 cells" in v.evidence and "in 0 of 1" in v.evidence
+    v = claim_random(rho_grid({0.1: 30.0, 0.5: 20.0, 0.9: 10.0}))  # Random ahead everywhere
+    assert v.verdict == "not reproduced" and "Random ahead in 3" in v.evidence
+    one = rho_grid({0.5: 70.0}, rhos=(0.5,))
+    assert claim_random(one).verdict == "mixed" and "growth not measured" in claim_random(one).evidence
+    assert claim_random(frame([row("full", 1.0, 2.0)])).verdict == "not yet measured"
+
+
+def test_claim_depth_verdicts():
+    falls = frame([row("full", up, 200.0, L=L) for L, up in ((1, 60.0), (2, 30.0), (6, 5.0))])
+    assert claim_depth(falls).verdict == "reproduced"
+    rises = frame([row("full", up, 200.0, L=L) for L, up in ((1, 5.0), (6, 30.0))])
+    assert claim_depth(rises).verdict == "not reproduced"
+    both = pd.concat([falls, frame([row("full", up, 200.0, L=L, task="t2") for L, up in ((1, 5.0), (6, 30.0))])])
+    assert claim_depth(both).verdict == "mixed"
+    assert claim_depth(frame([row("full", 5.0, 200.0)])).verdict == "not yet measured"
+
+
+def test_claim_deep_verdicts():
+    rows = [row("full", 5.0, 200.0, L=6), row("dowser", 60.0, 150.0, rho=0.1, seed=0, L=6),
+            row("dowser", 2.0, 150.0, rho=0.5, seed=0, L=6)]
+    v = claim_deep(frame(rows))
+    assert v.verdict == "mixed" and "dare, tailor, grafting not in the measured grid" in v.evidence
+    rows[2] = row("dowser", 40.0, 150.0, rho=0.5, seed=0, L=6)
+    rows.append(row("dare", 50.0, 190.0, rho=0.1, L=6))
+    assert claim_deep(frame(rows)).verdict == "reproduced"
+    rows.append(row("tailor", 99.0, 190.0, rho=0.1, L=6))
+    assert claim_deep(frame(rows)).verdict == "mixed"
+    shallow = [dict(r, L=2) for r in rows]
+    assert claim_deep(frame(shallow)).verdict == "not yet measured"
+
+
+def test_claim_stability_and_continual():
+    stab = pd.DataFrame({"N": [4, 64], "R": [2, 8], "hamming_mean": [0.09, 0.05], "random_hamming_mean": [0.18, 0.226],
+                         "spearman_mean": [0.90, 0.89]})
+    assert claim_stability(stab).verdict == "mixed"  # 0.09 / 0.18 = 0.5 > 0.064 / 0.226
+    assert claim_stability(stab.iloc[1:]).verdict == "reproduced"
+    assert claim_stability(None).verdict == "not yet measured"
+    cl = pd.DataFrame({"method": ["full", "lora", "dowser"], "BWT": [-15.6, -7.8, -2.5]})
+    assert claim_continual(cl).verdict == "reproduced"
+    cl.loc[2, "BWT"] = -20.0
+    assert claim_continual(cl).verdict == "not reproduced"
+    assert claim_continual(None).verdict == "not yet measured"
+
+
+def test_results_page(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    rho_grid({0.1: 60.0, 0.5: 70.0, 0.9: 80.0}).to_parquet(res / "summary.parquet")
+    text = write_results_md(res, tmp_path / "results.md")
+    assert (tmp_path / "results.md").read_text() == text
+    assert "| 2. Dowser beats Random at the same ρ (p < 0.05), with a gap growing with ρ | reproduced |" in text
+    assert "| 5. Dowser forgets less in continual learning (BWT) | not yet measured |" in text
+    assert "![h_vs_rho](results/h_vs_rho.png)" in text and (res / "h_vs_rho.png").is_file()
+    assert "h_vs_depth" not in text and "None" not in text
+
+
+def test_md_table():
+    assert md_table(pd.DataFrame({"a": [1.0, float("nan")], "b": ["x", "y"]})) == "| a | b |\n|---|---|\n| 1 | x |\n|  | y |\n"
