@@ -80,7 +80,7 @@ def test_wrong_config_value_is_one_line(workflow):
 
 def test_html_report_and_snakemake_report(workflow):
     index = (workflow / "results/report/index.html").read_text()
-    assert "Dowser vs Random" in index and "h_vs_depth.png" in index
+    assert "Dowser vs Random" in index and "up_vs_down.png" in index  # one depth: no H-vs-L plot
     paired = pd.read_parquet(workflow / "results/tables/paired.parquet")
     assert set(paired.metric) == {"Avg", "H"}
     snakemake(workflow, "--report", "report.zip")
