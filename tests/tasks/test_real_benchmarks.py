@@ -158,6 +158,12 @@ def test_scoring_rules(root):
     # CircularEval: question 7 has three copies, one answered wrong -> only question 8 counts
     preds = dict(zip(mmb["id"], ["B", "(B) dog", "A", "dog"]))
     assert score_predictions("mmbench", preds, root) == pytest.approx(50.0)
+    # MMBench-CN answers in Chinese: read by lmms-eval's judge-free fallback.
+    mmb_cn = load_split("mmbench-cn", root)
+    preds = dict(zip(mmb_cn["id"], ["答案是B", "答案：B", "选项B。", "答案是A"]))
+    assert score_predictions("mmbench-cn", preds, root) == pytest.approx(50.0)
+    preds = dict(zip(mmb_cn["id"], ["答案是B", "答案：B", "选项B。", "我选B"]))
+    assert score_predictions("mmbench-cn", preds, root) == pytest.approx(100.0)
     icon = load_split("iconqa", root)
     assert score_predictions("iconqa", dict(zip(icon["id"], ["B", "square"])), root) == 100.0
     gqa = load_split("gqa", root)
