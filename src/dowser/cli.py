@@ -54,8 +54,13 @@ def cmd_probe(args):
 
     spec, started = _spec(args), time.time()
     model, processor = load_artifact(args.model)
-    probes = synthesize_probes(model, processor, spec["n"], spec["seed_len"], spec["new_tokens"],
-                               spec["temperature"], spec["seed"], progress=True)
+    if spec.get("preset", "default") == "official":
+        from dowser.probe import synthesize_probes_official
+
+        probes = synthesize_probes_official(model, processor, spec["n"], spec["seed"], spec["params"], progress=True)
+    else:
+        probes = synthesize_probes(model, processor, spec["n"], spec["seed_len"], spec["new_tokens"],
+                                   spec["temperature"], spec["seed"], progress=True)
     probes["image"] = spec["image"]  # the scorer pairs 'noise' probes with random-pixel images
     with atomic_path(Path(args.out)) as tmp:
         tmp.mkdir()
@@ -72,30 +77,40 @@ def cmd_score(args):
     n = spec["shards"]
     if not 0 <= args.shard < n:
         raise ValueError(f"--shard {args.shard} is outside 0..{n - 1}")
+    official = spec.get("preset", "default") == "official"
+    group = spec["params"]["batch_size"] if official else 1  # official: shards split between scoring batches
     if spec.get("source", "probes") == "task":
         from dowser.data import read_rows, scoring_inputs
-        from dowser.tasks import training_split
+        from dowser.tasks import scoring_split
 
-        rows = read_rows(training_split(spec["task"], Path(args.data)), limit=spec["samples"])
-        total, indices = len(rows), [i for i in range(len(rows)) if i % n == args.shard]
+        rows = read_rows(scoring_split(spec["task"], Path(args.data)), limit=spec["samples"])
+        total, indices = len(rows), [i for i in range(len(rows)) if (i // group) % n == args.shard]
+        batch_ids = [i // group for i in indices]
         token_ids, pixels = scoring_inputs(processor, rows.iloc[indices])
     else:
         from dowser.probe import load_probes
 
         probes = load_probes(args.probes)
-        mine = probes[probes["probe_index"] % n == args.shard]
-        total, indices = len(probes), mine["probe_index"].tolist()
+        bid = probes["batch"] if official and "batch" in probes else probes["probe_index"] // group
+        mine = probes[bid % n == args.shard]
+        total, indices, batch_ids = len(probes), mine["probe_index"].tolist(), bid[bid % n == args.shard].tolist()
         if "image" in mine and (mine["image"] == "noise").any():
             from dowser.probe import noise_image_inputs
 
             token_ids, pixels = noise_image_inputs(processor, mine)
         else:
             token_ids, pixels = [list(x) for x in mine["token_ids"]], None
-    cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
-                      args.batch_size)
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    stats = accumulate_scores(model, token_ids, indices, cfg, pad, progress=True, pixel_values=pixels)
+    if official:  # dowser.score's official-preset section; batches from the probe stage
+        from dowser.score import accumulate_official
+
+        stats = accumulate_official(model, token_ids, indices, batch_ids, spec["draws"], spec["seed"], pad,
+                                    progress=True, pixel_values=pixels)
+    else:
+        cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
+                          args.batch_size)
+        stats = accumulate_scores(model, token_ids, indices, cfg, pad, progress=True, pixel_values=pixels)
     with atomic_path(Path(args.out)) as tmp:
         write_shard(tmp, model, stats, indices, total, args.spec)
 
@@ -136,7 +151,8 @@ def cmd_mask(args):
             tok = getattr(processor, "tokenizer", processor)
             extra.update(probes=load_probes(args.probes), pad_id=tok.pad_token_id or 0)
     ctx = MaskContext(shapes=shapes, rho=spec["rho"], scope=spec["scope"], selection=spec["selection"],
-                      seed=spec["seed"], scores=scores, extra=extra)
+                      seed=spec["seed"], scores=scores, extra=extra,
+                      rule=spec.get("rule", "exact"))
     masks = method.build_mask(ctx)
     out = Path(args.out)
     with atomic_path(out) as tmp:

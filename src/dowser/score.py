@@ -293,3 +293,115 @@ def load_scores(path, model=None) -> dict[str, np.ndarray]:
                 raise ValueError(f"{path}: {name} does not match its checksum (corrupt score file)")
             out[name] = arr
         return out
+
+
+# ============================================================ official preset (score.preset: official) ====
+# The authors' estimator, `main()` of LLaVA/scripts/llava_importance_self_gen_prompt.py
+# (github nguyendinhson-kaist/Model-Dowser at 6efd4e1), run by their README with
+# `--K 64 --M 8 --batch-size 4 --image-off`:
+#   for each batch of B probes, for each of M draws (its own forward):
+#     S = (xi * logits[:, -1]).sum() / B,  xi Rademacher of shape (B, V)
+#     psi = mean over batch and tokens of |dS/dy|,  a = mean over batch and tokens of |x|
+#     score += psi ⊗ |W| ⊗ a   (Welford mean weighted by B over every (batch, draw))
+# Here: xi row of probe k, draw m = rademacher((1, V), draw_seed(seed, k, m)) (a function
+# of the spec, not of the shard); the statistic summed per shard is
+# sum_b B_b/M sum_m psi_bm a_bm^T, so merge's division by the probe count gives their
+# weighted mean exactly. Theirs computes psi, a and the product in bf16 and keeps the
+# mean in fp32; this accumulates in fp32 (fp64 for fp64 models), and `mask.rule:
+# official` applies their bf16 save. Padded rows (task samples; their probes have none)
+# count only real tokens, and "last position" is each row's last real token.
+
+
+def official_batch_ids(indices, batch_size: int, batch=None) -> list[int]:
+    """The scoring batch of each probe/sample: the probe stage's `batch` column when there is
+    one (official probes), else consecutive groups of `batch_size` by index."""
+    if batch is not None:
+        return [int(b) for b in batch]
+    return [int(i) // batch_size for i in indices]
+
+
+class _OfficialCapture:
+    """|x| of each scored linear's input and |dS/dy| of its output, for one forward/backward."""
+
+    def __init__(self, model, names):
+        self.x, self.g, self.handles = {}, {}, []
+        named = dict(model.named_modules())
+        for name in names:
+            self.handles.append(named[name].register_forward_hook(self._hook(name)))
+        # frozen model: the embedding output becomes a leaf that requires grad (as in _Capture)
+        emb = model.get_input_embeddings()
+        self.handles.append(emb.register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True)))
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self.x[name] = inputs[0].detach()
+            output.register_hook(lambda g: self.g.__setitem__(name, g.detach()))
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def accumulate_official(model, token_ids: list[list[int]], probe_indices: list[int], batch_ids: list[int],
+                        draws: int = 8, seed: int = 0, pad_id: int = 0, progress: bool = False,
+                        pixel_values: list | None = None) -> dict:
+    """{"outer": {name: sum_b B_b/M sum_m psi_bm a_bm^T}} over the given probes (no |W|);
+    `finalize`/`merge_shards` divide by the probe count. Batches are runs of equal batch id."""
+    if not token_ids:
+        raise ValueError("the probe set is empty: nothing to score")
+    if draws < 1:
+        raise ValueError(f"score.draws: {draws} must be >= 1")
+    modules = scored_modules(model)
+    param = next(model.parameters())
+    device = param.device
+    acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    outer = {m.name: torch.zeros(m.shape, dtype=acc_dtype, device=device) for m in modules}
+    groups: list[list[int]] = []
+    for pos, b in enumerate(batch_ids):
+        if groups and batch_ids[groups[-1][0]] == b:
+            groups[-1].append(pos)
+        else:
+            groups.append([pos])
+    cap = _OfficialCapture(model, [m.name for m in modules])
+    try:
+        for group in tqdm(groups, desc="score", disable=not progress):
+            ids, attn = _pad([token_ids[i] for i in group], pad_id, device)
+            B = len(group)
+            last = attn.sum(1) - 1
+            tok = attn.unsqueeze(-1).to(acc_dtype)
+            count = attn.sum().to(acc_dtype)
+            extra = {}
+            if pixel_values is not None:
+                extra["pixel_values"] = torch.stack([pixel_values[i] for i in group]).to(device, param.dtype)
+            for m in range(draws):
+                cap.x.clear()
+                cap.g.clear()
+                with torch.enable_grad():
+                    logits = model(input_ids=ids, attention_mask=attn, **extra).logits
+                    at_last = logits[torch.arange(B, device=device), last]  # (B, V)
+                    V = at_last.shape[-1]
+                    xi = torch.cat([rademacher((1, V), draw_seed(seed, probe_indices[i], m)) for i in group])
+                    S = (xi.to(device, at_last.dtype) * at_last).sum() / B
+                    torch.autograd.backward(S)
+                for mod in modules:
+                    psi = (cap.g[mod.name].to(acc_dtype).abs() * tok).sum((0, 1)) / count
+                    a = (cap.x[mod.name].to(acc_dtype).abs() * tok).sum((0, 1)) / count
+                    outer[mod.name] += (B / draws) * torch.outer(psi, a)
+    finally:
+        cap.remove()
+    return {"outer": outer}
+
+
+def score_model_official(model, probes, draws: int = 8, seed: int = 0, batch_size: int = 4, pad_id: int = 0,
+                         progress: bool = False) -> dict[str, torch.Tensor]:
+    """The official-preset score per scored module (API form of `dowser score` with
+    score.preset official): probes in their `batch` column's batches, if any."""
+    indices = [int(i) for i in probes["probe_index"]]
+    batches = official_batch_ids(indices, batch_size, probes["batch"] if "batch" in probes else None)
+    stats = accumulate_official(model, [list(x) for x in probes["token_ids"]], indices, batches, draws, seed,
+                                pad_id, progress)
+    named = dict(model.named_modules())
+    abs_w = {m.name: named[m.name].weight.detach().abs().to(torch.float64) for m in scored_modules(model)}
+    return finalize(stats, abs_w, len(indices))

@@ -90,6 +90,8 @@ class ProbeSpec(Spec):
     temperature: float
     image: str
     seed: int
+    preset: str = "default"  # dowser.presets: default (METHOD.md §2) | official (the authors' script)
+    params: dict | None = None  # official: every generation setting of the preset (dowser.presets)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class ScoreSpec(Spec):
     source: str = "probes"
     task: str | None = None
     samples: int | None = None
+    preset: str = "default"  # dowser.presets: default (METHOD.md §1) | official (the authors' script)
+    params: dict | None = None  # official: the preset's scoring settings (dowser.presets)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class MaskSpec(Spec):
     seed: int | None = None
     probe: str | None = None  # wanda: the probes its ||X_j|| comes from
     params: dict | None = None  # finetune.method_params.<method>, if any
+    rule: str = "exact"  # score masks: exact round(rho*n) | official (score <= k-th value; dowser.mask)
 
 
 @dataclass(frozen=True)
@@ -279,26 +284,13 @@ def build_grid(config: dict) -> Grid:
     methods = ft["methods"]
     needs_score = any(m in METHODS_WITH_SCORE_MASK for m in methods)
     if needs_score or any(m in METHODS_WITH_PROBE_MASK for m in methods):
-        grid.probe = ProbeSpec(
-            model=model.id,
-            n=int(p["n"]),
-            seed_len=int(p["seed_len"]),
-            new_tokens=int(p["new_tokens"]),
-            temperature=float(p["temperature"]),
-            image=p["image"],
-            seed=int(p["seed"]),
-        )
+        from dowser.presets import probe_fields
+
+        grid.probe = ProbeSpec(model=model.id, **probe_fields(p))  # preset values filled before hashing
     if needs_score:
-        grid.score = ScoreSpec(
-            model=model.id,
-            probe=grid.probe.id,
-            estimator=s["estimator"],
-            draws=int(s["draws"]),
-            aggregate=s["aggregate"],
-            output=s["output"],
-            shards=int(s["shards"]),
-            seed=int(s["seed"]),
-        )
+        from dowser.presets import score_fields
+
+        grid.score = ScoreSpec(model=model.id, probe=grid.probe.id, **score_fields(s))
         grid.scores[grid.score.id] = grid.score
     stab = config.get("stability")
     if stab:
@@ -342,6 +334,8 @@ def build_grid(config: dict) -> Grid:
                         seed=int(seed) if seed is not None else None,
                         probe=grid.probe.id if method in METHODS_WITH_PROBE_MASK else None,
                         params=params,
+                        # the official rule reads bf16 score files: only score masks have one
+                        rule=mk.get("rule", "exact") if method in METHODS_WITH_SCORE_MASK else "exact",
                     )
                     grid.masks[mask.id] = mask
                 for task in ft["tasks"]:

@@ -77,6 +77,7 @@ class MaskContext:
     seed: int | None = None
     scores: dict[str, np.ndarray] | None = None
     extra: dict = field(default_factory=dict)
+    rule: str = "exact"  # score masks: dowser.mask RULES (official: the authors' <= k-th value)
 
 
 class Method:

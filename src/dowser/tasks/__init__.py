@@ -147,6 +147,22 @@ def training_split(name: str, data_root: str | Path) -> Path:
     return training_parquet(info, data_root, path)
 
 
+def scoring_split(name: str, data_root: str | Path) -> Path:
+    """The split real-data scores draw samples from (`score.source: task`, the oracle mask and
+    Appendix G's reference): a downstream task's training split; for an upstream task, its
+    `train` split where one exists -- the world generates every split of every task
+    (upstream train rows are what its base model was pretrained on); a real upstream
+    benchmark has only its evaluation split, which is refused rather than scored."""
+    info = get_task(name)
+    if info.train_split is not None:
+        return training_split(name, data_root)
+    path = local_file(info.data_name, data_root, "train") if info.world else None
+    if path is None:
+        raise ValueError(f"benchmark {name!r} ({info.role}) has no training split to draw scoring samples from"
+                         + (f" (expected {Path(data_root) / info.data_name}/train.parquet)" if info.world else ""))
+    return path
+
+
 def load_split(name: str, data_root: str | Path | None, split: str | None = None):
     """Rows of one split of a benchmark in the common schema (a `datasets.Dataset`)."""
     from dowser.tasks.data import load_split as _load
