@@ -13,4 +13,4 @@ class Dowser(Method):
     def build_mask(self, ctx: MaskContext):
         if ctx.scores is None:
             raise ValueError("method 'dowser' needs a merged score file")
-        return build_masks(ctx.scores, ctx.rho, ctx.scope, ctx.selection)
+        return build_masks(ctx.scores, ctx.rho, ctx.scope, ctx.selection, ctx.rule)
