@@ -249,23 +249,29 @@ RULES = [
     ("cpp", r"c[+][+]", None, "tok"), ("csharp", r"(?:c|f)#", None, "tok"),
     ("cannot", "cannot", None, "push:3"), ("twas", "'twas", None, "push:3"),
     ("tis", "'tis", None, "push:2"), ("gonna", "gonna|gotta|lemme|gimme|wanna", None, "push:2"),
-    ("sgml", SGML, None, "nbsp"), ("spmdash", r"&(?:MD|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", None, "--"),
-    ("spamp", "&amp;", None, "amp"), ("sppunc", r"&(?:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);", None, "tok"),
-    ("word_redaux", WORD, REDAUX, "soft"), ("sword", SWORD, SREDAUX, "soft"), ("word", WORD, None, "soft"),
+    ("sgml", SGML, None, "nbsp"),
+    ("spmdash", r"&(?:MD|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", None, "--"),
+    ("spamp", "&amp;", None, "amp"),
+    ("sppunc", r"&(?:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);", None, "tok"),
+    ("word_redaux", WORD, REDAUX, "soft"), ("sword", SWORD, SREDAUX, "soft"),
+    ("word", WORD, None, "soft"),
     ("apoword", APOWORD, None, "tok"), ("apoword2", APOWORD2, JLETTER, "tok"),
-    ("fullurl", FULLURL, None, "tok"), ("likelyurl", LIKELYURL, None, "tok"), ("email", EMAIL, None, "tok"),
-    ("twitter", TWITTER, None, "tok"), ("redaux1", REDAUX, "[^A-Za-z]", "right"),
-    ("sredaux1", SREDAUX, "[^A-Za-z]", "right"), ("date", DATE, None, "tok"), ("number", NUMBER, None, "soft"),
+    ("fullurl", FULLURL, None, "tok"), ("likelyurl", LIKELYURL, None, "tok"),
+    ("email", EMAIL, None, "tok"), ("twitter", TWITTER, None, "tok"),
+    ("redaux1", REDAUX, "[^A-Za-z]", "right"), ("sredaux1", SREDAUX, "[^A-Za-z]", "right"),
+    ("date", DATE, None, "tok"), ("number", NUMBER, None, "soft"),
     ("subsupnum", SUBSUPNUM, None, "tok"), ("frac", FRAC, None, "nbsp"), ("frac2", FRAC2, None, "frac2"),
     ("tbspec", TBSPEC, None, "amp"), ("thing3", THING3, None, "tok"), ("dolsign", DOLSIGN, None, "tok"),
     ("dolsign2", DOLSIGN2, None, "currency"),
     ("acronym_end", ACRONYM, f"{SPACENLS}(?:{_ACRONYM_NEXT}|{SGML}){SPACENL}", "acronym"),
     ("abbrev3", ABBREV3, f"{SPACENL}?{JDIGIT}", "tok"),
     ("pty", r"(?:pt" + _cs("[eyEY]") + r"|co)\.", f"{SPACE}(?:ltd|lim)", "tok"),
-    ("abbrev1_end", ABBREV1, SENTEND, "abbrev_end"), ("abbrev1_mid", ABBREV1, r"[\s\S][\s\S]", "tok"),  # [^][^]: any two
+    ("abbrev1_end", ABBREV1, SENTEND, "abbrev_end"),
+    ("abbrev1_mid", ABBREV1, r"[\s\S][\s\S]", "tok"),  # JFlex [^][^]: any two characters
     ("abbrev1", ABBREV1, None, "abbrev_end"), ("abbrev2", ABBREV2, None, "tok"),
-    ("abbrev4", ABBREV4, SPACE, "tok"), ("acro", ACRO, SPACENL, "tok"), ("tbspec2", TBSPEC2, SPACENL, "tok"),
-    ("filename", FILENAME, f"(?:{SPACENL}|[.?!,])", "tok"), ("word_dot", f"{WORD}\\.", INSENTP, "soft"),
+    ("abbrev4", ABBREV4, SPACE, "tok"), ("acro", ACRO, SPACENL, "tok"),
+    ("tbspec2", TBSPEC2, SPACENL, "tok"), ("filename", FILENAME, f"(?:{SPACENL}|[.?!,])", "tok"),
+    ("word_dot", f"{WORD}\\.", INSENTP, "soft"),
     ("phone", PHONE, None, "phone"), ("dblquot_left", DBLQUOT, "[A-Za-z0-9$]", "left"),
     ("dblquot", DBLQUOT, None, "right"), ("del", r"\x7f", None, "skip"),
     ("lt", "<|&lt;", None, "<"), ("gt", ">|&gt;", None, ">"),
@@ -324,8 +330,8 @@ def _match(text: str, pos: int):
             continue
         end, tok_end = m.end(), m.end()
         if head is not None:  # split off the trailing context: longest head that fits
-            tok_end = next(k for k in range(end - 1, pos, -1)
-                           if head.fullmatch(text, pos, k) and trail.fullmatch(text, k, end))
+            tok_end = next((k for k in range(end - 1, pos, -1)
+                            if head.fullmatch(text, pos, k) and trail.fullmatch(text, k, end)), end)
         best = (end, tok_end, action)
     return best
 
