@@ -77,6 +77,187 @@ def test_bad_grid_config(changes, message):
 
 
 def test_spec_module_imports_no_torch():
-    code = "import sys, dowser.spec; from dowser.spec import build_grid; print('torch' in sys.modules)"
+    """Snakemake imports dowser.spec (and so dowser.methods.table) on every call: stdlib only."""
+    code = ("import sys, dowser.spec, yaml; from dowser.spec import build_grid; "
+            "build_grid(yaml.safe_load(open('config.yaml'))); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'pandas', 'jsonschema'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"
+
+
+# --- cache keys hold exactly what determines the artifact --------------------------------
+
+def all_ids(grid) -> set[str]:
+    ids = {grid.model.id, *grid.masks, *grid.runs, *grid.evals, *grid.scores}
+    return ids | {s.id for s in (grid.data, grid.probe) if s is not None}
+
+
+def test_spelling_defaults_out_changes_no_id():
+    from dowser.spec import TrainConfig
+
+    base = build_grid(CONFIG)
+    defaults = {f: getattr(TrainConfig(), f) for f in ("grad_accum", "warmup_ratio", "max_grad_norm",
+                                                        "mixed_precision")}
+    train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.01, "epochs": 3}
+    spelled = cfg(finetune__train=train, model__dtype="float32")
+    assert all_ids(build_grid(spelled)) == all_ids(base)
+    # numbers take the field's type before hashing: lr 1 and 1.0 are one run
+    a = build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "lr": 1}))
+    b = build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "lr": 1.0}))
+    assert set(a.runs) == set(b.runs) and not set(a.runs) & set(base.runs)
+    # random_seeds defaults to [0] (the random method's single seed)
+    implicit = cfg()
+    del implicit["finetune"]["random_seeds"]
+    assert all_ids(build_grid(implicit)) == all_ids(build_grid(cfg(finetune__random_seeds=[0])))
+
+
+def test_runtime_settings_are_in_no_id():
+    base = build_grid(CONFIG)
+    for every in (1, 50, 1000):
+        other = build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "checkpoint_every": every}))
+        assert all_ids(other) == all_ids(base)
+    run = next(iter(base.runs.values()))
+    assert "checkpoint_every" not in run.train and run.train["grad_accum"] == 1
+
+
+def test_score_shards_stay_in_the_score_id():
+    # merged k=1 and k=3 files agree only to rtol 1e-5 (summation order), so they are two artifacts
+    a, b = build_grid(CONFIG), build_grid(cfg(score__shards=3))
+    assert a.score.id != b.score.id and a.probe.id == b.probe.id
+    assert {k for k, m in a.masks.items() if m.method == "random"} == {k for k, m in b.masks.items()
+                                                                       if m.method == "random"}
+
+
+def test_unknown_train_key():
+    with pytest.raises(ValueError, match=r"^finetune.train.checkpoint: unknown key$"):
+        build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "checkpoint": 5}))
+
+
+def test_train_config_roundtrip_fills_defaults():
+    from dowser.spec import TrainConfig
+
+    run = next(iter(build_grid(CONFIG).runs.values()))
+    cfg_ = TrainConfig.from_dict(run.train)
+    assert cfg_.spec_dict() == run.train and cfg_.checkpoint_every == TrainConfig().checkpoint_every
+
+
+# --- hub models: config errors at parse time --------------------------------------------
+
+def hub(tmp_path, **model):
+    c = cfg(model={"source": "hub", "name": "llava-hf/llava-1.5-7b-hf", **model})
+    c["data"] = {"root": str(tmp_path)}
+    return c
+
+
+def test_hub_model_needs_data_root(tmp_path):
+    c = hub(tmp_path)
+    del c["data"]
+    with pytest.raises(ValueError, match=r"^data.root: required when model.source is 'hub'"):
+        build_grid(c)
+
+
+def test_missing_local_model_is_a_config_error(tmp_path):
+    for name in (str(tmp_path / "nope"), "./models/nope", "~/no-such-model-dowser"):
+        with pytest.raises(ValueError, match=rf"^model.name: local model folder '{name}' does not exist$"):
+            build_grid(hub(tmp_path, name=name))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no config.json"):
+        build_grid(hub(tmp_path, name=str(tmp_path / "empty")))
+
+
+def test_hub_revision_default_is_main(tmp_path):
+    a = build_grid(hub(tmp_path)).model
+    b = build_grid(hub(tmp_path, revision="main")).model
+    assert a.id == b.id and a.revision == "main"
+
+
+def write_safetensors(path, shapes: dict):
+    """A safetensors file by hand (8-byte header length, JSON header, zero bytes)."""
+    import struct
+
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = 4
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
+
+
+def test_model_params_b(tmp_path):
+    from dowser.spec import model_params_b
+
+    assert model_params_b(CONFIG) == 0.0
+    assert model_params_b(hub(tmp_path, params_b=13.4)) == 13.4
+    with pytest.raises(ValueError, match=r"^model.params_b: required for hub model 'llava-hf/llava-1.5-7b-hf'"):
+        model_params_b(hub(tmp_path))
+    local = tmp_path / "m"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"hidden_size": 1000, "num_hidden_layers": 2,
+                                                   "intermediate_size": 3000, "vocab_size": 500}))
+    # no weights: the config.json estimate, 2 * (4 h^2 + 3 h i) + 2 v h
+    assert model_params_b(hub(tmp_path, name=str(local))) * 1e9 == pytest.approx(2 * (4e6 + 9e6) + 1e6)
+    write_safetensors(local / "model-00001-of-00002.safetensors", {"a.weight": (300, 200), "b": (7,)})
+    write_safetensors(local / "model-00002-of-00002.safetensors", {"c.weight": (1000, 3)})
+    assert model_params_b(hub(tmp_path, name=str(local))) * 1e9 == pytest.approx(300 * 200 + 7 + 3000)
+
+
+def test_read_config_file_names_file_and_line(tmp_path):
+    from dowser.spec import read_config_file
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("probe:\n  n: 8\n  seed: [1\nscore: {}\n")
+    with pytest.raises(ValueError) as e:
+        read_config_file(str(bad))
+    assert str(e.value).startswith(f"{bad}:4: not valid YAML (")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match=rf"^{empty}: empty config file$"):
+        read_config_file(str(empty))
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n")
+    with pytest.raises(ValueError, match="not a list"):
+        read_config_file(str(listing))
+
+
+# --- the method table --------------------------------------------------------------------
+
+def test_grid_follows_the_method_table():
+    from dowser.methods.table import METHODS
+
+    for name, t in METHODS.items():
+        g = build_grid(cfg(finetune__methods=[name]))
+        runs = [r for r in g.runs.values() if r.method == name]
+        assert runs
+        masks = [m for m in g.masks.values() if m.method == name]
+        assert bool(masks) == (not t.dense and not t.post_hoc), name
+        assert all((r.parent is not None) == t.post_hoc for r in runs), name
+        assert all((m.score is not None) == t.needs_scores for m in masks), name
+        assert all((m.probe is not None) == t.needs_probes for m in masks), name
+        assert (g.score is not None) == t.needs_scores, name
+        assert (g.probe is not None) == (t.needs_scores or t.needs_probes), name
+        assert len(masks) == (3 if t.seeded else 1 if masks else 0), name  # random_seeds: [0, 1, 2]
+
+
+def test_probe_seeds_and_controls():
+    """probe.seeds: one probe set, score and Dowser mask per seed, the seed in the run spec;
+    dowser-top selects the top rho; oracle scores real samples of an upstream task."""
+    g = build_grid(cfg(probe__seeds=[0, 1, 2], finetune__methods=["dowser", "random", "dowser-top", "oracle"],
+                       finetune__tasks=["world-coco"], finetune__depths=[2]))
+    runs = [r for r in g.runs.values()]
+    dowser = {r.seed: r for r in runs if r.method == "dowser"}
+    assert set(dowser) == {0, 1, 2} and len(g.probes) == 3
+    probes = {g.scores[g.masks[r.mask].score].probe for r in dowser.values()}
+    assert probes == set(g.probes) and {g.probes[p].seed for p in probes} == {0, 1, 2}
+    assert {g.masks[r.mask].selection for r in runs if r.method == "dowser-top"} == {"top"}
+    (oracle,) = [r for r in runs if r.method == "oracle"]
+    score = g.scores[g.masks[oracle.mask].score]
+    assert (score.source, score.task, score.probe) == ("task", CONFIG["evaluate"]["upstream"][0], None)
+    assert g.lookup("probe", g.scores[g.masks[dowser[2].mask].score].probe).seed == 2
+    # without probe.seeds: one probe set, Dowser runs carry no seed (ids as before)
+    g1 = build_grid(CONFIG)
+    assert len(g1.probes) == 1 and {r.seed for r in g1.runs.values() if r.method == "dowser"} == {None}
+    with pytest.raises(ValueError, match="probe.seeds"):
+        build_grid(cfg(probe__seeds=[1, 1]))

@@ -19,7 +19,10 @@ from dowser.artifacts import atomic_path, write_json, write_spec
 
 
 def _spec(args) -> dict:
-    return json.loads(args.spec)
+    try:
+        return json.loads(args.spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--spec: not JSON ({e})") from None
 
 
 def cmd_data(args):
@@ -170,8 +173,9 @@ def cmd_finetune(args):
         print(json.dumps(run_posthoc(_spec(args), Path(args.model), Path(args.data), Path(args.out),
                                      Path(args.parent))))
         return
+    runtime = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
     result = finetune(_spec(args), Path(args.model), Path(args.data), Path(args.out),
-                      Path(args.mask) if args.mask else None)
+                      Path(args.mask) if args.mask else None, **runtime)
     print(json.dumps(result))
 
 
@@ -209,6 +213,20 @@ def cmd_stability(args):
     print(table[table.module == "pooled"].to_string(index=False))
 
 
+def cmd_continual(args):
+    from dowser.continual import materialise_model, write_tables
+
+    if args.action == "model":  # the model after a step: start model + the step's delta
+        for opt in ("spec", "model", "run"):
+            if not getattr(args, opt):
+                raise ValueError(f"dowser continual model: --{opt} is required")
+        materialise_model(args.spec, Path(args.model), Path(args.run), Path(args.out))
+    else:  # A_{t,i}, MFT / MFN / MAA / BWT per method
+        if not args.evals:
+            raise ValueError("dowser continual table: --evals is required")
+        print(write_tables([Path(p) for p in args.evals], Path(args.out)))
+
+
 def cmd_report(args):
     from dowser.report import write_report
 
@@ -223,47 +241,84 @@ def cmd_prepare_data(args):
                        train_samples=args.train_samples, force=args.force)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dowser", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="stage", required=True)
+# Help for the options several stages share.
+OPTION_HELP = {
+    "spec": "the stage's spec as JSON (what the workflow passes; dowser.spec)",
+    "out": "where the artifact goes (written to a temporary path, then renamed into place)",
+    "model": "base model folder (results/models/<id>)",
+    "data": "data root: <benchmark>/<split>.parquet (results/data/<id> for the world)",
+    "probes": "probe folder or probes.parquet (results/probes/<id>)",
+    "scores": "merged score file (results/scores/<id>/scores.h5)",
+    "mask": "mask file of a masked method (results/masks/<id>/mask.h5)",
+    "parent": "the Full-FT run's delta.safetensors that a post-hoc method edits",
+    "run": "a fine-tuned run's folder (results/runs/<id>); omitted: the base model",
+    "a": "first merged score file",
+    "b": "second merged score file",
+}
+OPTIONAL = ("mask", "run", "scores", "model", "data", "probes", "parent")
 
-    def add(name, fn, *opts):
-        p = sub.add_parser(name)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dowser", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+
+    def add(name, fn, help_, *opts):
+        p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         for opt in opts:
-            optional = ("mask", "run", "scores", "model", "data", "probes", "parent")
-            p.add_argument(f"--{opt}", required=opt not in optional)
+            p.add_argument(f"--{opt}", required=opt not in OPTIONAL, help=OPTION_HELP[opt])
         return p
 
-    add("data", cmd_data, "spec", "out")
-    add("model", cmd_model, "spec", "data", "out")
-    add("probe", cmd_probe, "spec", "model", "out")
-    p = add("score", cmd_score, "spec", "model", "probes", "data", "out")
-    p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p = add("merge", cmd_merge, "spec", "out")
-    p.add_argument("--shards", nargs="+", required=True)
-    add("mask", cmd_mask, "spec", "scores", "model", "probes", "out")
-    add("finetune", cmd_finetune, "spec", "model", "data", "mask", "parent", "out")
-    p = add("evaluate", cmd_evaluate, "spec", "model", "run", "data", "out")
-    p.add_argument("--batch-size", type=int, default=64)
-    add("stability", cmd_stability, "spec", "a", "b", "out")
-    p = add("report", cmd_report, "out")
-    p.add_argument("--evals", nargs="+", required=True)
+    add("data", cmd_data, "generate the miniature world's task data", "spec", "out")
+    add("model", cmd_model, "build the world's base model, or copy/download a hub model", "spec", "data", "out")
+    add("probe", cmd_probe, "synthesize the data-free probes (the model writes its own texts)", "spec", "model",
+        "out")
+    p = add("score", cmd_score, "importance scores of one shard of the probes (or task samples)", "spec", "model",
+            "probes", "data", "out")
+    p.add_argument("--shard", type=int, required=True, help="this shard's index k in 0..score.shards-1")
+    p.add_argument("--batch-size", type=int, default=8, help="probes per forward pass (default 8; no effect on "
+                   "the scores)")
+    p = add("merge", cmd_merge, "sum the score shards into one scores.h5", "spec", "out")
+    p.add_argument("--shards", nargs="+", required=True, help="every shard-<k>-of-<n>.h5 of the score spec")
+    add("mask", cmd_mask, "build a method's trainable mask at budget rho", "spec", "scores", "model", "probes",
+        "out")
+    p = add("finetune", cmd_finetune, "fine-tune one run (or apply a post-hoc method to its Full-FT parent)",
+            "spec", "model", "data", "mask", "parent", "out")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write a resumable checkpoint every N steps (runtime only: not in the run's spec; "
+                   "default: finetune.train.checkpoint_every's default, 50)")
+    p = add("evaluate", cmd_evaluate, "evaluate the base model or a run on every benchmark of the spec", "spec",
+            "model", "run", "data", "out")
+    p.add_argument("--batch-size", type=int, default=64, help="generation batch size (default 64)")
+    add("stability", cmd_stability, "compare two score files: top-mask Hamming distance, Spearman rho", "spec",
+        "a", "b", "out")
+    p = add("continual", cmd_continual, "continual learning: the model after a step, or the A_{t,i} tables",
+            "model", "run", "out")  # dowser.continual
+    p.add_argument("action", choices=["model", "table"], help="model: start model + a step's delta; table: "
+                   "accuracy matrix and MFT/MFN/MAA/BWT")
+    p.add_argument("--spec", help=OPTION_HELP["spec"] + " (action model)")
+    p.add_argument("--evals", nargs="+", help="every continual eval.json (action table)")
+    p = add("report", cmd_report, "tables (parquet) and the HTML report from the evaluations", "out")
+    p.add_argument("--evals", nargs="+", required=True, help="every results/evals/<id>/eval.json to tabulate")
     p.add_argument("--html", help="folder for index.html and the plots")
-    p = add("prepare-data", cmd_prepare_data, "out")
-    p.add_argument("--benchmarks", nargs="+", required=True)
+    p = add("prepare-data", cmd_prepare_data, "convert real benchmarks (hub or local files) to "
+            "<benchmark>/<split>.parquet", "out")
+    p.add_argument("--benchmarks", nargs="+", required=True, help="benchmark names (dowser.tasks)")
     p.add_argument("--source", help="folder of local files to convert instead of the hub")
     p.add_argument("--limit", type=int, help="first N rows of every split (a smoke copy)")
     p.add_argument("--train-samples", type=int, default=10_000, help="first N train rows (0: no train split)")
     p.add_argument("--force", action="store_true", help="prepare again even if unchanged")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dowser: error: {msg}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        # What the package raises on purpose for bad input (a wrong file, shape, key or value):
+        # one line. Anything else (KeyError, TypeError, ...) is a bug and keeps its traceback.
+        print(f"dowser: error: {e}", file=sys.stderr)
         return 2
     return 0
 

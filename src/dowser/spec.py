@@ -4,9 +4,12 @@
     specs.masks["3f2a..."].to_json()    # what built results/masks/3f2a.../
 
 A spec holds only what determines its artifact plus the ids of the specs it depends
-on; its id is the first 12 hex chars of sha256 of its canonical JSON. Snakemake imports
-this module at parse time on every call, so it imports the standard library and yaml
-only (ARCHITECTURE.md: no torch here).
+on; its id is the first 12 hex chars of sha256 of its canonical JSON. Defaults are filled
+in (and numbers normalised) before hashing, so writing a default out changes no id, and
+settings that cannot change an artifact's bytes (the checkpoint interval, progress bars,
+log level) are not in any spec: they reach the CLI as runtime flags. Snakemake imports
+this module at parse time on every call, so it imports the standard library only
+(ARCHITECTURE.md: no torch, no numpy here; yaml and jsonschema load inside validate_config).
 """
 
 from __future__ import annotations
@@ -14,17 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS_WITH_SCORE_MASK = ("dowser",)  # masks built from the merged score file
-METHODS_WITH_RANDOM_MASK = ("random",)
-METHODS_WITH_MODEL_MASK = ("magnitude", "wanda")  # masks built from the base model's weights
-METHODS_WITH_PROBE_MASK = ("wanda",)  # ... and the synthetic probes (||X_j|| over probe tokens)
-DENSE_METHODS = ("full", "spider", "lora")  # no mask: whole weights (spider gates each step) or adapters
-POST_HOC_METHODS = ("dare", "tailor", "grafting")  # edit the Full-FT run (RunSpec.parent); budget from rho
-KNOWN_METHODS = (DENSE_METHODS + METHODS_WITH_SCORE_MASK + METHODS_WITH_RANDOM_MASK + METHODS_WITH_MODEL_MASK
-                 + POST_HOC_METHODS)
+from dowser.methods.table import METHODS, has_mask, traits
+
+KNOWN_METHODS = tuple(METHODS)  # what each needs (scores, probes, a parent run, ...): methods/table.py
 
 
 def canonical_json(obj: Any) -> str:
@@ -56,6 +55,51 @@ class Spec:
             if f.name in d and isinstance(d[f.name], list) and f.type.startswith("tuple"):
                 d[f.name] = tuple(d[f.name])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One recipe shared by every method (the paper's: lr 2e-5, 5 epochs, batch 128, 10k samples)."""
+
+    lr: float = 1e-3  # world default: the tiny model learns a task in ~100 steps at this lr
+    epochs: int = 1
+    batch_size: int = 32  # global micro-batch (all processes together)
+    grad_accum: int = 1
+    train_samples: int = 1000  # paper: 10k per downstream task
+    weight_decay: float = 0.0  # LLaVA-1.5's fine-tuning scripts use 0
+    warmup_ratio: float = 0.03  # LLaVA-1.5 scripts
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # autocast of an fp32 model: no | bf16 | fp16 (a bf16 model always autocasts bf16)
+    train_norms: bool = False  # the authors' train_dowser.py trains the last L blocks' 1-D params fully
+    # Runtime only (RUNTIME_KEYS): how often a resumable checkpoint is written. A resumed run
+    # ends bit-identical to an uninterrupted one, so it is not in the run's spec or id; the
+    # rule passes it as `dowser finetune --checkpoint-every N`.
+    checkpoint_every: int = 50
+
+    RUNTIME_KEYS = ("checkpoint_every",)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in d.items():
+            if key not in names:
+                raise ValueError(f"finetune.train.{key}: unknown key")
+            # 1 and 1.0 hash differently: numbers take the field's type before any id is computed
+            if names[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            values[key] = value
+        cfg = cls(**values)
+        if cfg.lr <= 0 or cfg.batch_size < 1 or cfg.epochs < 1 or cfg.train_samples < 1:
+            raise ValueError("finetune.train: lr, batch_size, epochs and train_samples must be positive")
+        if cfg.grad_accum < 1 or cfg.checkpoint_every < 1:
+            raise ValueError("finetune.train: grad_accum and checkpoint_every must be >= 1")
+        return cfg
+
+    def spec_dict(self) -> dict:
+        """Every setting that can change the trained weights, defaults included (RunSpec.train)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME_KEYS}
 
 
 @dataclass(frozen=True)
@@ -106,6 +150,10 @@ class ScoreSpec(Spec):
     draws: int
     aggregate: str
     output: str
+    # In the id although the merged scores are one sum: k shards add the per-probe scores
+    # in another order than one shard does, so merged files for k=1 and k=3 agree only to
+    # rtol 1e-5 (tests/test_score.py), not bit for bit, and a cached scores.h5 must be the
+    # bytes its id names. Changing score.shards therefore rescores.
     shards: int
     seed: int
     source: str = "probes"
@@ -174,7 +222,8 @@ class Grid:
 
     model: ModelSpec
     data: DataSpec | None
-    probe: ProbeSpec | None = None
+    probe: ProbeSpec | None = None  # the first probe seed's (stability, wanda)
+    probes: dict[str, ProbeSpec] = field(default_factory=dict)  # one per probe seed (probe.seeds)
     score: ScoreSpec | None = None
     scores: dict[str, ScoreSpec] = field(default_factory=dict)
     stability: StabilitySpec | None = None
@@ -183,13 +232,19 @@ class Grid:
     evals: dict[str, EvalSpec] = field(default_factory=dict)
 
     def lookup(self, kind: str, id_: str) -> Spec:
-        table = {"masks": self.masks, "runs": self.runs, "evals": self.evals, "score": self.scores}
+        table = {"masks": self.masks, "runs": self.runs, "evals": self.evals, "score": self.scores,
+                 "probe": self.probes}
         if kind in table:
             return table[kind][id_]
         spec = getattr(self, kind)
         if spec is None or spec.id != id_:
             raise KeyError(f"no {kind} spec with id {id_}")
         return spec
+
+
+def looks_local(name: str) -> bool:
+    """A model name that is a path (the same rule as dowser.models.download_model)."""
+    return name.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(name))
 
 
 def model_spec(config: dict) -> ModelSpec:
@@ -206,13 +261,100 @@ def model_spec(config: dict) -> ModelSpec:
         )
     if not m.get("name"):
         raise ValueError("model.name: required when model.source is 'hub'")
+    name = str(m["name"])
+    if looks_local(name):
+        path = os.path.expanduser(name)
+        if not os.path.isdir(path):
+            raise ValueError(f"model.name: local model folder '{name}' does not exist")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ValueError(f"model.name: '{name}' has no config.json (not a Hugging Face model folder)")
+    if not (config.get("data") or {}).get("root"):
+        raise ValueError("data.root: required when model.source is 'hub' (a folder of <benchmark>/<split>.parquet,"
+                         " e.g. from `dowser prepare-data`)")
     return ModelSpec(
         source="hub",
         name=m["name"],
-        revision=m.get("revision"),
+        # a hub name's revision defaults to the hub's "main" (spelled out or not: one id); a local
+        # folder has none
+        revision=None if looks_local(name) else (m.get("revision") or "main"),
         dtype=m.get("dtype", "float32"),
         trust_remote_code=bool(m.get("trust_remote_code", False)),
     )
+
+
+def _safetensors_params(folder: str) -> int:
+    """Exact parameter count from the safetensors headers (8-byte length + JSON; no tensor read)."""
+    total = 0
+    for fname in sorted(os.listdir(folder)):
+        if fname.endswith(".safetensors"):
+            with open(os.path.join(folder, fname), "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    n = 1
+                    for d in entry["shape"]:
+                        n *= d
+                    total += n
+    return total
+
+
+def _config_json_params(cfg: dict) -> int:
+    """Estimate from a config.json's dimensions (decoder-only transformer: attention 4h^2 and a
+    gated MLP 3hi per layer, plus input and output embeddings; nested text/vision configs summed)."""
+    total = 0
+    for key in ("text_config", "vision_config", "llm_cfg", "vision_tower_cfg"):
+        if isinstance(cfg.get(key), dict):
+            total += _config_json_params(cfg[key])
+    h, layers = cfg.get("hidden_size"), cfg.get("num_hidden_layers")
+    if h and layers and not total:
+        inter = cfg.get("intermediate_size") or 4 * h
+        total = layers * (4 * h * h + 3 * h * inter) + 2 * (cfg.get("vocab_size") or 0) * h
+    return total
+
+
+def model_params_b(config: dict) -> float:
+    """Base model parameters in billions, for job sizing (workflow/rules/resources.smk):
+    `model.params_b` when given; 0 for the miniature world (CPU-sized); for a local folder its
+    safetensors headers (exact) or its config.json dimensions (estimate). A hub name without
+    `model.params_b` is a config error: guessing a size (say 7B) would misjudge GPUs and memory."""
+    m = config["model"]
+    if m.get("params_b") is not None:
+        return float(m["params_b"])
+    if m["source"] == "world":
+        return 0.0
+    name = str(m.get("name") or "")
+    path = os.path.expanduser(name)
+    if name and looks_local(name) and os.path.isdir(path):
+        n = _safetensors_params(path)
+        if not n and os.path.exists(os.path.join(path, "config.json")):
+            with open(os.path.join(path, "config.json")) as f:
+                n = _config_json_params(json.load(f))
+        if n:
+            return n / 1e9
+        raise ValueError(f"model.params_b: required (no parameter count in '{name}': no safetensors, no"
+                         " hidden_size/num_hidden_layers in config.json)")
+    raise ValueError(f"model.params_b: required for hub model '{name}' (billions of parameters, e.g. 7;"
+                     " it sizes the SLURM jobs)")
+
+
+def read_config_file(path: str) -> dict:
+    """A YAML/JSON config file -> dict; ValueError naming the file (and line) when it is not one."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+    if data is None:
+        raise ValueError(f"{path}: empty config file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file is a mapping of sections (model:, probe:, ...), "
+                         f"not a {type(data).__name__}")
+    return data
 
 
 def validate_config(config: dict, schema_path: str) -> None:
@@ -282,16 +424,27 @@ def build_grid(config: dict) -> Grid:
     p, s, mk, ft, ev = (config[k] for k in ("probe", "score", "mask", "finetune", "evaluate"))
     grid = Grid(model=model, data=data)
     methods = ft["methods"]
-    needs_score = any(m in METHODS_WITH_SCORE_MASK for m in methods)
-    if needs_score or any(m in METHODS_WITH_PROBE_MASK for m in methods):
+    needs_score = any(traits(m).needs_scores for m in methods)
+    # probe.seeds (optional): one probe set, score and Dowser mask per seed, the seed in the
+    # run spec and tables (issue 10: Dowser gets seeds like Random); absent: probe.seed alone
+    probe_seeds = [int(x) for x in p.get("seeds") or [p["seed"]]]
+    if len(set(probe_seeds)) != len(probe_seeds):
+        raise ValueError(f"probe.seeds: {probe_seeds} repeats a seed")
+    if needs_score or any(traits(m).needs_probes for m in methods):
         from dowser.presets import probe_fields
 
-        grid.probe = ProbeSpec(model=model.id, **probe_fields(p))  # preset values filled before hashing
+        for ps in probe_seeds:
+            spec = ProbeSpec(model=model.id, **probe_fields({**p, "seed": ps}))  # preset values filled before hashing
+            grid.probes[spec.id] = spec
+        grid.probe = next(iter(grid.probes.values()))
+    score_by_seed = {}
     if needs_score:
         from dowser.presets import score_fields
 
-        grid.score = ScoreSpec(model=model.id, probe=grid.probe.id, **score_fields(s))
-        grid.scores[grid.score.id] = grid.score
+        for ps, probe in zip(probe_seeds, grid.probes.values()):
+            score_by_seed[ps] = ScoreSpec(model=model.id, probe=probe.id, **score_fields(s))
+            grid.scores[score_by_seed[ps].id] = score_by_seed[ps]
+        grid.score = score_by_seed[probe_seeds[0]]
     stab = config.get("stability")
     if stab:
         if grid.score is None:
@@ -301,7 +454,7 @@ def build_grid(config: dict) -> Grid:
         grid.scores[ref.id] = ref
         grid.stability = StabilitySpec(a=grid.score.id, b=ref.id, top=float(stab["top"]))
 
-    train = dict(ft["train"])
+    train = TrainConfig.from_dict(ft.get("train") or {}).spec_dict()
     benchmarks = tuple(ev["upstream"]) + tuple(ev["downstream"])
     eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
 
@@ -320,22 +473,32 @@ def build_grid(config: dict) -> Grid:
 
     for method in methods:
         params = method_params.get(method) or None
-        for rho in [None] if method in DENSE_METHODS else [float(r) for r in mk["rho"]]:
-            seeds = ft.get("random_seeds", [0]) if method in METHODS_WITH_RANDOM_MASK else [None]
+        t = traits(method)
+        score = None
+        if t.needs_scores and t.score_source == "task":  # oracle: real samples of an upstream task
+            score = dataclasses.replace(grid.score, probe=None, source="task",
+                                        task=(params or {}).get("task") or ev["upstream"][0],
+                                        samples=int((params or {}).get("samples", 256)))  # controls.Oracle
+            grid.scores[score.id] = score
+        for rho in [None] if t.dense else [float(r) for r in mk["rho"]]:
+            seeds = (ft.get("random_seeds", [0]) if t.seeded else
+                     probe_seeds if t.needs_scores and score is None and p.get("seeds") else [None])
             for seed in seeds:
                 mask = None
-                if rho is not None and method not in POST_HOC_METHODS:
+                if has_mask(method):
                     mask = MaskSpec(
                         model=model.id,
                         method=method,
                         rho=rho,
                         scope=mk["scope"],
-                        score=grid.score.id if method in METHODS_WITH_SCORE_MASK else None,
-                        seed=int(seed) if seed is not None else None,
-                        probe=grid.probe.id if method in METHODS_WITH_PROBE_MASK else None,
+                        selection=t.selection,
+                        score=(score or score_by_seed.get(seed if seed is not None else probe_seeds[0])).id
+                        if t.needs_scores else None,
+                        seed=int(seed) if t.seeded else None,  # a score mask's seed is its probe's
+                        probe=grid.probe.id if t.needs_probes else None,
                         params=params,
                         # the official rule reads bf16 score files: only score masks have one
-                        rule=mk.get("rule", "exact") if method in METHODS_WITH_SCORE_MASK else "exact",
+                        rule=mk.get("rule", "exact") if t.needs_scores else "exact",
                     )
                     grid.masks[mask.id] = mask
                 for task in ft["tasks"]:
@@ -348,8 +511,8 @@ def build_grid(config: dict) -> Grid:
                             train=train,
                             mask=mask.id if mask else None,
                             rho=rho,
-                            seed=mask.seed if mask else None,
-                            parent=full_run(task, depth).id if method in POST_HOC_METHODS else None,
+                            seed=seed,  # Random: mask seed; Dowser with probe.seeds: probe seed
+                            parent=full_run(task, depth).id if t.post_hoc else None,
                             params=params,
                         )
                         grid.runs[run.id] = run

@@ -1,3 +1,9 @@
+# Runtime only, so not a param (params are rerun triggers): the checkpoint interval cannot
+# change a run's weights (a resumed run is bit-identical), and the rule's code trigger sees
+# only this template, not the value.
+CHECKPOINT_EVERY = opt("--checkpoint-every", (config["finetune"].get("train") or {}).get("checkpoint_every"))
+
+
 rule finetune:
     input:
         unpack(get_run_inputs),
@@ -19,4 +25,4 @@ rule finetune:
         "../../envs/dowser.yaml"
     shell:
         "{params.launcher} finetune --spec {params.spec:q} --model {input.model} --data {input.data}"
-        " {params.mask} --out {params.out} > {log} 2>&1"
+        " {params.mask} {CHECKPOINT_EVERY} --out {params.out} > {log} 2>&1"
