@@ -1,4 +1,5 @@
-"""The fine-tune stage on the world model: resume = uninterrupted, frozen bits, errors."""
+"""The fine-tune stage on the world model: exact resume for every method, no pickle, determinism,
+the loss over the global batch, provenance checks, train_norms, update-norm ratio, frozen bits."""
 
 import json
 
@@ -7,66 +8,76 @@ import torch
 from safetensors.torch import load_file
 
 from dowser.finetune import finetune, load_finetuned
-from dowser.mask import build_masks, random_scores, save_masks
-from dowser.models import load_model, scored_modules, trainable_modules
+from dowser.models import load_model, trainable_modules
+from worldrun import make_world, run_spec, train
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.3}  # dropout: resume must restore the RNG
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from dowser.world.config import WorldConfig
-    from dowser.world.model import build_model
-    from dowser.world.tasks import generate_task_data
-    from dowser.world.tokenizer import build_processor
-
-    root = tmp_path_factory.mktemp("world")
-    cfg = WorldConfig(upstream_train_size=8, downstream_train_size=24, validation_size=4, test_size=4)
-    generate_task_data(cfg, root / "data")
-    processor = build_processor(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, processor)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    shapes = {m.name: m.shape for m in scored_modules(model)}
-    save_masks(build_masks(random_scores(shapes, 0), 0.1), root / "mask.h5", 0.1)
-    return root
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
-def spec(method="dowser", depth=2, **train):
-    return {"model": "m", "method": method, "task": "world-imagenet-r", "depth": depth, "mask": None,
-            "train": {"lr": 1e-2, "batch_size": 8, "train_samples": 24, "epochs": 2, "weight_decay": 0.1,
-                      "checkpoint_every": 2, **train}}
+def deltas_equal(a, b):
+    a, b = load_file(a / "delta.safetensors"), load_file(b / "delta.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run(world, out, method="dowser", **kw):
-    mask = world / "mask.h5" if method != "full" else None
-    return finetune(spec(method), world / "model", world / "data", out, mask, progress=False, **kw)
-
-
-def test_killed_run_resumes_to_the_same_weights(world, tmp_path):
-    run(world, tmp_path / "a")
-    assert run(world, tmp_path / "b", stop_after=4) == {"stopped_at": 4}
-    assert (tmp_path / "b/checkpoint/state.pt").exists() and not (tmp_path / "b/delta.safetensors").exists()
-    run(world, tmp_path / "b")
-    a, b = load_file(tmp_path / "a/delta.safetensors"), load_file(tmp_path / "b/delta.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not (tmp_path / "b/checkpoint").exists()
+@pytest.mark.parametrize("method", ["full", "dowser", "spider", "lora"])
+def test_killed_run_resumes_to_the_same_weights(world, tmp_path, method):
+    spec = run_spec(method, params=LORA if method == "lora" else None)
+    train(world, tmp_path / "a", spec=spec)
+    assert train(world, tmp_path / "b", spec=spec, stop_after=4) == {"stopped_at": 4}
+    ckpt = tmp_path / "b/checkpoint"
+    # safetensors + JSON only: nothing a loader would unpickle (issue 9)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["rng.0.safetensors", "state.json", "state.safetensors"]
+    assert not (tmp_path / "b/delta.safetensors").exists()
+    train(world, tmp_path / "b", spec=spec)
+    assert deltas_equal(tmp_path / "a", tmp_path / "b")
+    assert not ckpt.exists()
     log = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7))
+    assert log == [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["full", "dowser", "random"])
+def test_same_spec_same_threads_bit_identical(world, tmp_path):
+    for out in ("a", "b"):
+        train(world, tmp_path / out, "full", checkpoint_every=2)
+    assert deltas_equal(tmp_path / "a", tmp_path / "b")
+    assert json.loads((tmp_path / "a/run.json").read_text())["torch_threads"] == torch.get_num_threads()
+
+
+def test_loss_averages_over_the_tokens_of_the_global_batch(world, tmp_path):
+    """2 accumulated micro-batches of 4 = one batch of 8 (the same samples: same order), and the
+    schedule steps once per optimizer step."""
+    one = run_spec("full", batch_size=8, warmup_ratio=0.5)
+    two = run_spec("full", batch_size=4, grad_accum=2, warmup_ratio=0.5)
+    train(world, tmp_path / "one", spec=one)
+    train(world, tmp_path / "two", spec=two)
+    logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    assert [r["lr"] for r in logs[0]] == [r["lr"] for r in logs[1]]
+    assert [r["lr"] for r in logs[0]] == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 0.75e-2, 0.25e-2])
+    assert [r["tokens"] for r in logs[0]] == [r["tokens"] for r in logs[1]]
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-5)
+    a, b = load_file(tmp_path / "one/delta.safetensors"), load_file(tmp_path / "two/delta.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=5e-5)  # steps move entries ~1e-2
+
+
+@pytest.mark.parametrize("method", ["full", "dowser"])
 def test_frozen_entries_bit_identical_through_the_loop(world, tmp_path, method):
-    run(world, tmp_path, method)
+    train(world, tmp_path, method)
     base, _ = load_model(world / "model")
     tuned, _ = load_finetuned(world / "model", tmp_path)
     from dowser.mask import load_masks
 
     masks = load_masks(world / "mask.h5")
-    train = {m.name for m in trainable_modules(base, 2)}
+    trainable = {m.name for m in trainable_modules(base, 2)}
     changed = 0
     for (name, p0), (_, p1) in zip(base.named_parameters(), tuned.named_parameters()):
         module = name.rsplit(".", 1)[0]
-        if module in train and name.endswith("weight"):
+        if module in trainable and name.endswith("weight"):
             frozen = torch.zeros_like(p0, dtype=torch.bool) if method == "full" else ~torch.from_numpy(masks[module])
             assert torch.equal(p0[frozen], p1[frozen]), name
             changed += int((p0 != p1).sum())
@@ -75,24 +86,56 @@ def test_frozen_entries_bit_identical_through_the_loop(world, tmp_path, method):
     table = json.loads((tmp_path / "trainable.json").read_text())
     assert changed > 0 and table["total_trainable"] >= changed
     if method != "full":
-        assert table["total_trainable"] == sum(int(masks[m].sum()) for m in train)
+        assert table["total_trainable"] == sum(int(masks[m].sum()) for m in trainable)
+    # ||dW|| / ||W0|| over the trainable modules, brute force from the two models
+    b, t = dict(base.named_parameters()), dict(tuned.named_parameters())
+    num = sum(float((t[m + ".weight"].detach().double() - b[m + ".weight"].double()).pow(2).sum()) for m in trainable)
+    den = sum(float(b[m + ".weight"].double().pow(2).sum()) for m in trainable)
+    ratio = json.loads((tmp_path / "run.json").read_text())["update_norm_ratio"]
+    assert ratio == pytest.approx((num / den) ** 0.5, rel=1e-5) and ratio > 0
+
+
+def test_train_norms_trains_the_last_blocks_vectors(world, tmp_path):
+    train(world, tmp_path, spec=run_spec("dowser", train_norms=True))
+    base, _ = load_model(world / "model")
+    tuned, _ = load_finetuned(world / "model", tmp_path)
+    from dowser.sparse import block_vectors
+
+    vectors = dict(block_vectors(base, 2))
+    assert vectors and all(p.dim() == 1 for p in vectors.values())
+    t = dict(tuned.named_parameters())
+    assert all(not torch.equal(p, t[n]) for n, p in vectors.items())  # every norm moved
+    moved_elsewhere = [n for n, p in base.named_parameters() if p.dim() == 1 and n not in vectors
+                       and not torch.equal(p, t[n])]
+    assert moved_elsewhere == []
+    table = json.loads((tmp_path / "trainable.json").read_text())
+    train(world, tmp_path / "plain", "dowser")
+    plain = json.loads((tmp_path / "plain/trainable.json").read_text())
+    assert table["total_trainable"] - plain["total_trainable"] == sum(p.numel() for p in vectors.values())
 
 
 def test_delta_is_sparse_for_masked_methods(world, tmp_path):
-    run(world, tmp_path)
+    train(world, tmp_path)
     delta = load_file(tmp_path / "delta.safetensors")
     values = [v for k, v in delta.items() if k.endswith(".values")]
     assert values and sum(v.numel() for v in values) == json.loads((tmp_path / "trainable.json").read_text())["total_trainable"]
 
 
 def test_bad_inputs(world, tmp_path):
+    spec = run_spec("dowser")
+    args = (world / "model", world / "data", tmp_path)
     with pytest.raises(ValueError, match="finetune.train.lrate: unknown key"):
-        finetune(spec(lrate=1), world / "model", world / "data", tmp_path, world / "mask.h5", progress=False)
+        finetune(run_spec("dowser", lrate=1), *args, world / "mask.h5", progress=False)
     with pytest.raises(ValueError, match="depth L=7 is larger than"):
-        finetune({**spec(), "depth": 7}, world / "model", world / "data", tmp_path, world / "mask.h5", progress=False)
+        finetune({**spec, "depth": 7}, *args, world / "mask.h5", progress=False)
     with pytest.raises(ValueError, match="has no training split"):
-        finetune({**spec(), "task": "world-gqa"}, world / "model", world / "data", tmp_path, world / "mask.h5",
-                 progress=False)
+        finetune({**spec, "task": "world-gqa"}, *args, world / "mask.h5", progress=False)
+    # provenance: a mask file built under another spec than the run names (issue 9)
+    with pytest.raises(ValueError, match=r"mask built from spec [0-9a-f]{12}, the run names mask 000000000000"):
+        finetune({**spec, "mask": "000000000000"}, *args, world / "mask.h5", progress=False)
+    with pytest.raises(ValueError, match="sharding 'zero' is not one of"):
+        finetune(spec, *args, world / "mask.h5", progress=False, sharding="zero")
+    assert not (tmp_path / "delta.safetensors").exists()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad/delta.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):

@@ -61,3 +61,77 @@ def scoring_inputs(processor, rows: pd.DataFrame) -> tuple[list[list[int]], list
     batch = sft_batch(processor, rows)
     ids = [batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist() for i in range(len(rows))]
     return ids, list(batch["pixel_values"])
+
+
+# Training batches: samples are tokenised once (`SFTSamples`), a batch is padded and concatenated
+# from them (`collate`), and the loss is summed over answer tokens (`answer_tokens` counts them).
+PAD = {"labels": -100}  # sequence keys pad with the tokenizer's pad id (input_ids) or 0 (masks)
+
+
+def _split(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]] | None:
+    """A processor batch of n right-padded samples -> n one-sample batches (padding cut), or None
+    when a tensor is not per sample (e.g. patches of all images flattened together)."""
+    seq_shape = tuple(batch["input_ids"].shape)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    out = [{} for _ in range(n)]
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
+            return None
+        for i in range(n):
+            row = value[i : i + 1]
+            out[i][key] = (row[:, : lengths[i]] if tuple(value.shape) == seq_shape else row).clone()
+    return out
+
+
+class SFTSamples(torch.utils.data.Dataset):
+    """The task rows as one-sample model inputs. Tokenised up front in chunks of `chunk` rows when
+    they fit in `budget_bytes` (the world: every epoch reuses them), else one row at a time on
+    access (DataLoader workers do it: real images are too large to keep)."""
+
+    def __init__(self, processor, rows: pd.DataFrame, chunk: int = 64, budget_bytes: int = 2 << 30):
+        self.processor, self.rows = processor, rows.reset_index(drop=True)
+        self.samples: list | None = None
+        first = _split(sft_batch(processor, self.rows.iloc[: min(chunk, len(self.rows))]), min(chunk, len(self.rows)))
+        if first is None:
+            return
+        per_sample = sum(t.numel() * t.element_size() for s in first for t in s.values()) / len(first)
+        if per_sample * len(self.rows) > budget_bytes:
+            return
+        self.samples = first
+        for start in range(chunk, len(self.rows), chunk):
+            part = self.rows.iloc[start : start + chunk]
+            self.samples += _split(sft_batch(processor, part), len(part))
+
+    @property
+    def pretokenized(self) -> bool:
+        return self.samples is not None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.samples is not None:
+            return self.samples[i]
+        return dict(sft_batch(self.processor, self.rows.iloc[[i]]))
+
+
+def collate(samples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One-sample batches -> one batch: sequence keys right-padded to the longest, all
+    concatenated along dim 0 (per-sample pixels stack; flattened patches concatenate)."""
+    width = max(s["input_ids"].shape[1] for s in samples)
+    out = {}
+    for key in samples[0]:
+        parts = []
+        for s in samples:
+            t = s[key]
+            if t.dim() == 2 and t.shape == s["input_ids"].shape and t.shape[1] < width:
+                fill = PAD.get(key, pad_id if key == "input_ids" else 0)
+                t = torch.cat([t, t.new_full((1, width - t.shape[1]), fill)], dim=1)
+            parts.append(t)
+        out[key] = torch.cat(parts, dim=0)
+    return out
+
+
+def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens the causal LM loss counts: labels shifted by one, -100 ignored (per sample)."""
+    return (labels[:, 1:] != -100).sum(1)

@@ -5,21 +5,36 @@
 
 The trainable set for every method is the scored linears of the last L decoder blocks
 (METHOD.md §3); dense methods train them whole, masked methods only their mask's True
-entries (`dowser.sparse`). Before training the run writes `trainable.json` (per group:
-vision tower, projector, each block) and checks it against the method and mask. The loop
-uses accelerate (device placement, mixed precision, gradient accumulation) and writes a
-resumable checkpoint every `checkpoint_every` steps: the data order is a pure function of
-(seed, epoch), so a killed run resumes to the same weights. Result: `delta.safetensors`
-(only the trainable entries, or dense weights for dense methods) + metrics.jsonl.
+entries (`dowser.sparse`), and `train_norms` adds the blocks' 1-D parameters. Before
+training the run writes `trainable.json` (per group: vision tower, projector, each block)
+and checks it against the method and mask.
+
+One recipe for every method (issue 11): trainable tensors are fp32 masters, a bf16 / fp16
+model computes under autocast; the loss is the sum over the answer tokens of the global
+batch (all processes, all accumulated micro-batches) divided by their count; the learning
+rate steps once per optimizer step. Under `accelerate launch` each process takes an
+interleaved share of every global batch (`GlobalBatches`), so N processes see the same
+samples per step as one; `sharding` ("auto": FSDP when several GPUs) is a runtime choice.
+
+Resume: a checkpoint (safetensors + JSON, no pickle) every `checkpoint_every` optimizer
+steps holds the fp32 masters, optimizer and method state, the schedule, the log and each
+process's RNG state; data order is a pure function of (seed, epoch), so a killed run
+resumes to the same weights bit for bit. Result: `delta.safetensors` (only the trainable
+entries, or the dense fp32 weights of the trainable modules), metrics.jsonl (one row per
+optimizer step) and run.json (`update_norm_ratio` = ||dW|| / ||W0|| over the trainable
+modules, thread and process counts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,11 +42,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dowser.artifacts import atomic_path, write_json, write_spec
-from dowser.data import read_rows, sft_batch
+from dowser.data import SFTSamples, answer_tokens, collate, read_rows
 from dowser.methods import get_method
-from dowser.models import load_artifact
+from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
-from dowser.sparse import delta_state, load_delta_state, trainable_table
+from dowser.sparse import block_vectors, delta_state, fp32_masters, load_delta_state, trainable_table
 
 
 @dataclass(frozen=True)
@@ -40,14 +55,15 @@ class TrainConfig:
 
     lr: float = 1e-3  # world default: the tiny model learns a task in ~100 steps at this lr
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int = 32  # global micro-batch (all processes together)
     grad_accum: int = 1
     train_samples: int = 1000  # paper: 10k per downstream task
     weight_decay: float = 0.0  # LLaVA-1.5's fine-tuning scripts use 0
     warmup_ratio: float = 0.03  # LLaVA-1.5 scripts
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "no"  # accelerate: no | bf16 | fp16 (bf16 on GPUs)
+    mixed_precision: str = "no"  # autocast of an fp32 model: no | bf16 | fp16 (a bf16 model always autocasts bf16)
+    train_norms: bool = False  # the authors' train_dowser.py trains the last L blocks' 1-D params fully
     checkpoint_every: int = 50
 
     @classmethod
@@ -57,8 +73,8 @@ class TrainConfig:
             if key not in names:
                 raise ValueError(f"finetune.train.{key}: unknown key")
         cfg = cls(**d)
-        if cfg.lr <= 0 or cfg.batch_size < 1 or cfg.epochs < 1 or cfg.train_samples < 1:
-            raise ValueError("finetune.train: lr, batch_size, epochs and train_samples must be positive")
+        if cfg.lr <= 0 or cfg.batch_size < 1 or cfg.epochs < 1 or cfg.train_samples < 1 or cfg.grad_accum < 1:
+            raise ValueError("finetune.train: lr, batch_size, grad_accum, epochs and train_samples must be positive")
         return cfg
 
 
@@ -84,129 +100,274 @@ def training_rows(task: str, data_root: Path, limit: int):
     return read_rows(training_split(task, data_root), limit=limit)
 
 
+class GlobalBatches(torch.utils.data.Sampler):
+    """This process's share (every `world`-th sample, from `rank`) of each global micro-batch, from
+    micro-step `start` on. Not accelerate's BatchSamplerShard: that drops or repeats samples of an
+    epoch's short last batch, so N processes would train on other data than one."""
+
+    def __init__(self, n: int, batch_size: int, epochs: int, seed: int, start: int, rank: int, world: int):
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = math.ceil(n / batch_size)
+        self.total, self.start = self.per_epoch * epochs, start
+        last = n - (self.per_epoch - 1) * batch_size
+        if last < world:
+            raise ValueError(f"finetune.train: the last batch of an epoch has {last} sample(s), fewer than the "
+                             f"{world} processes (change train_samples or batch_size)")
+
+    def global_batch(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.per_epoch)
+        return epoch_order(self.n, self.seed, epoch)[pos * self.bs : (pos + 1) * self.bs].tolist()
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield self.global_batch(step)[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
 def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_path: Path | None = None,
-             progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train one run; `stop_after` (tests) stops after that many steps, as a kill would."""
-    from accelerate import Accelerator
+             progress: bool = True, stop_after: int | None = None, checkpoint_every: int | None = None,
+             sharding: str = "auto", gradient_checkpointing: bool = False) -> dict:
+    """Train one run. `stop_after` (tests) stops after that many optimizer steps, as a kill would;
+    `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
+    the result (runtime options, not in the spec)."""
+    from dowser.distributed import make_accelerator, unwrap_params
 
     started = time.time()
     out_dir = Path(out_dir)
     cfg = TrainConfig.from_dict(spec["train"])
+    every = checkpoint_every or cfg.checkpoint_every
+    depth = int(spec["depth"])
     method = get_method(spec["method"], spec.get("params"))
     if method.post_hoc:
         raise ValueError(f"method '{spec['method']}' is post-hoc: it edits a Full-FT run (--parent)")
+    masks = None if method.dense else read_checked_masks(spec, mask_path)
     torch.manual_seed(cfg.seed)
     model, processor = load_artifact(model_path, device="cpu")  # accelerate places it
-    masks = None
-    if not method.dense:
-        if mask_path is None:
-            raise ValueError(f"method '{spec['method']}' needs a mask file (--mask)")
-        from dowser.mask import load_masks
-
-        masks = {k: v for k, v in load_masks(mask_path).items()}
-    params = method.prepare(model, masks, int(spec["depth"]))  # default: dowser.sparse.apply_masks
+    base = base_weights(model, depth, dense=method.dense)  # before any change: ||dW|| / ||W0|| at the end
+    params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks
+    vectors = [p for _, p in block_vectors(model, depth)] if cfg.train_norms else []
+    for p in vectors:
+        p.requires_grad_(True)
+    params = fp32_masters(list(params) + vectors)
     table = trainable_table(model)
     n_trainable = sum(r["trainable"] for r in table)
-    expected = method.expected_trainable(model, int(spec["depth"]), masks)
+    expected = method.expected_trainable(model, depth, masks) + sum(p.numel() for p in vectors)
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
-    # One process per GPU under `accelerate launch`: each takes its share of every batch, the
-    # main process alone writes files.
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    acc, mode = make_accelerator(model, cfg.mixed_precision, sharding)
     main = acc.is_main_process
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
         write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
 
-    rows = training_rows(spec["task"], Path(data_root), cfg.train_samples)
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    optimizer_steps = math.ceil(total / cfg.grad_accum)
+    data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg.train_samples))
+    sampler = GlobalBatches(len(data), cfg.batch_size, cfg.epochs, cfg.seed, 0, acc.process_index, acc.num_processes)
+    total = math.ceil(sampler.total / cfg.grad_accum)  # optimizer steps
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optimizer_steps, cfg.warmup_ratio))
-    model, opt, sched = acc.prepare(model, opt, sched)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))  # stepped by hand, once
+    model, opt = acc.prepare(model, opt)
+    params = unwrap_params(opt)
     model.train()
     method.before_train(model, params)  # before a resume loads: the model still holds theta_pre
 
     ckpt = out_dir / "checkpoint"
     start, log = 0, []
-    if (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        load_trainable(params, state["params"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        method.load_state_dict(state.get("method", {}))
-        start, log = state["step"], state["log"]
+    if (ckpt / "state.json").exists():
+        start, log = load_checkpoint(ckpt, params, opt, sched, method, acc.process_index)
         print(f"resumed from {ckpt} at step {start}/{total}")
+    sampler.start = start * cfg.grad_accum
+    pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
+    from accelerate.data_loader import DataLoaderShard
 
-    bar = tqdm(range(start, total), desc=f"finetune {spec['method']} L={spec['depth']}", disable=not (progress and main),
+    loader = DataLoaderShard(data, device=acc.device, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id),
+                             num_workers=0 if data.pretokenized else 2,
+                             generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
+    batches = iter(loader)
+    bar = tqdm(range(start, total), desc=f"finetune {spec['method']} L={depth}", disable=not (progress and main),
                initial=start, total=total)
-    t0 = time.time()
     for step in bar:
-        epoch, pos = divmod(step, steps_per_epoch)
-        idx = epoch_order(len(rows), cfg.seed, epoch)[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
-        idx = idx[acc.process_index :: acc.num_processes]
-        batch = {k: v.to(acc.device) for k, v in sft_batch(processor, rows.iloc[idx.tolist()]).items()}
-        with acc.accumulate(model):
-            with recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
-                loss = model(**batch).loss
-            acc.backward(loss)
-            if acc.sync_gradients and cfg.max_grad_norm:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            if acc.sync_gradients:
-                method.on_step(model, step)  # after the optimizer step, clipped grads still in .grad
-            opt.zero_grad()
-        loss = float(loss.detach())
-        rate = (step + 1 - start) * cfg.batch_size / max(1e-9, time.time() - t0)
-        log.append({"step": step + 1, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+        window = [next(batches) for _ in range(min(cfg.grad_accum, sampler.total - step * cfg.grad_accum))]
+        count = acc.reduce(sum(answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
+        lr = sched.get_last_lr()[0]
+        loss_sum = torch.zeros((), device=acc.device)
+        for j, batch in enumerate(window):
+            sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
+            with sync:
+                loss = token_loss(model, batch)
+                # DDP / FSDP average gradients over processes: scale so the result is sum / count
+                acc.backward(loss * acc.num_processes / count.clamp(min=1))
+            loss_sum += loss.detach()
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        method.on_step(model, step)  # after the optimizer step, clipped grads still in .grad
+        opt.zero_grad(set_to_none=True)
+        loss = float(acc.reduce(loss_sum, "sum") / count.clamp(min=1))
+        log.append({"step": step + 1, "epoch": step * cfg.grad_accum // sampler.per_epoch, "loss": loss, "lr": lr,
+                    "tokens": int(count)})
+        bar.set_postfix(loss=f"{loss:.3f}")
         stop = stop_after is not None and step + 1 - start >= stop_after
-        if stop or ((step + 1) % cfg.checkpoint_every == 0 and step + 1 < total):
-            if main:
-                save_checkpoint(ckpt, params, opt, sched, step + 1, log, method.state_dict())
-            acc.wait_for_everyone()
+        if stop or ((step + 1) % every == 0 and step + 1 < total):
+            save_checkpoint(ckpt, acc, params, opt, sched, step + 1, log, method.state_dict())
         if stop:
             return {"stopped_at": step + 1}
 
     model = acc.unwrap_model(model)
     model.eval()
     method.post_train(model, None)
+    state = delta_state(model, depth, vectors=cfg.train_norms)
     if not main:
         acc.wait_for_everyone()
         return {"steps": total}
     with atomic_path(out_dir / "delta.safetensors") as tmp:
-        save_file(delta_state(model, int(spec["depth"])), str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
+        save_file(state, str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
     with atomic_path(out_dir / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
+    summary = {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable,
+               "update_norm_ratio": update_norm_ratio(base, state), "torch_threads": torch.get_num_threads(),
+               "num_processes": acc.num_processes, "sharding": mode, "pretokenized": data.pretokenized}
+    write_json(out_dir / "run.json", summary)
     write_spec(out_dir, json.dumps(spec), started)
     if ckpt.exists():
         import shutil
 
         shutil.rmtree(ckpt)
     acc.wait_for_everyone()
-    return {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable}
+    return summary
 
 
-def load_trainable(params, tensors) -> None:
+def token_loss(model, batch: dict) -> torch.Tensor:
+    """Sum of the next-token cross-entropy over answer tokens (fp32 logits), not a mean: the caller
+    divides by the global batch's count."""
+    labels = batch.pop("labels")
+    with recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
+        logits = model(**batch).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                             ignore_index=-100, reduction="sum")
+
+
+def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
+    """The run's mask, refused unless the spec stored in the file is the one the run names (issue 9)."""
+    import h5py
+
+    from dowser.mask import load_masks
+    from dowser.spec import content_id
+
+    if mask_path is None:
+        raise ValueError(f"method '{spec['method']}' needs a mask file (--mask)")
+    masks = load_masks(mask_path)  # its own one-line errors for missing / corrupt files
+    with h5py.File(mask_path, "r") as f:
+        stored = f.attrs.get("spec", "{}")
+    try:
+        found = content_id(json.loads(stored))
+    except ValueError:
+        found = None
+    if found != spec.get("mask"):
+        raise ValueError(f"{mask_path}: mask built from spec {found}, the run names mask {spec.get('mask')}")
+    return masks
+
+
+def base_weights(model, depth: int, dense: bool) -> dict:
+    """What ||dW|| / ||W0|| needs: W0 of dense trainable modules (CPU, model dtype), ||W0||^2 of all."""
+    modules = dict(model.named_modules())
+    out = {}
+    for m in trainable_modules(model, depth):
+        w = modules[m.name].weight.detach()
+        out[m.name] = (w.cpu().clone() if dense else None, float(w.double().pow(2).sum()))
+    return out
+
+
+def update_norm_ratio(base: dict, state: dict) -> float:
+    change = 0.0
+    for name, (w0, _) in base.items():
+        if f"{name}.values" in state:
+            change += float(state[f"{name}.values"].double().pow(2).sum())
+        else:
+            change += float((state[f"{name}.weight"].double() - w0.double()).pow(2).sum())
+    norm = sum(sq for _, sq in base.values())
+    return math.sqrt(change / norm) if norm > 0 else float("nan")
+
+
+def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, method_state: dict) -> None:
+    """safetensors + JSON, written beside and renamed into place; every process its own RNG file."""
+    from dowser.distributed import full_tensor
+
+    tmp = ckpt.parent / f".{ckpt.name}.tmp"
+    if acc.is_main_process:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / f"rng.{acc.process_index}.safetensors"),
+              metadata={"python": json.dumps(random.getstate())})
+    tensors = {f"param.{i}": full_tensor(p) for i, p in enumerate(params)}  # collective under FSDP
+    opt_state = opt.state_dict()
+    scalars = {}
+    for i, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{i}.{key}"] = full_tensor(value)
+            else:
+                scalars[f"{i}.{key}"] = value
+    for key, values in method_state.items():
+        tensors.update({f"method.{key}.{j}": full_tensor(v) for j, v in enumerate(values)})
+    if acc.is_main_process:
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", {"step": step, "log": log, "scheduler": sched.state_dict(),
+                                        "param_groups": opt_state["param_groups"], "optimizer_scalars": scalars,
+                                        "processes": acc.num_processes})
+        if ckpt.exists():
+            import shutil
+
+            shutil.rmtree(ckpt)
+        tmp.rename(ckpt)
+    acc.wait_for_everyone()
+
+
+def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[int, list]:
+    from dowser.distributed import load_into
+
+    meta = json.loads((ckpt / "state.json").read_text())
+    tensors = load_file(str(ckpt / "state.safetensors"))
     with torch.no_grad():
-        for p, t in zip(params, tensors):
-            p.copy_(t)
+        for i, p in enumerate(params):
+            load_into(p, tensors[f"param.{i}"])
+    state: dict = {}
+    for key, t in tensors.items():
+        if key.startswith("optimizer."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = t
+    for key, value in meta["optimizer_scalars"].items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    method_state: dict = {}
+    for key in sorted((k for k in tensors if k.startswith("method.")), key=lambda k: int(k.rsplit(".", 1)[1])):
+        method_state.setdefault(key.split(".")[1], []).append(tensors[key])
+    method.load_state_dict(method_state)
+    rng_file = ckpt / f"rng.{rank}.safetensors"
+    if rng_file.exists():  # a run resumed on another process count restores what it can
+        from safetensors import safe_open
 
-
-def save_checkpoint(ckpt: Path, params, opt, sched, step: int, log: list, method_state: dict | None = None) -> None:
-    state = {
-        "params": [p.detach().cpu().clone() for p in params],
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "step": step,
-        "log": log,
-        "method": method_state or {},
-    }
-    ckpt.mkdir(parents=True, exist_ok=True)
-    with atomic_path(ckpt / "state.pt") as tmp:
-        torch.save(state, tmp)
+        with safe_open(str(rng_file), "pt") as f:
+            rng = {k: f.get_tensor(k) for k in f.keys()}
+            py = f.metadata()["python"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and "cuda.0" in rng:
+            torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
+        version, internal, gauss = json.loads(py)
+        random.setstate((version, tuple(internal), gauss))
+    return meta["step"], meta["log"]
 
 
 def load_finetuned(model_path: Path, run_dir: Path | None):

@@ -5,12 +5,12 @@
     loss.backward()
 
 A masked module's weight is a parametrization, W = W0 + scatter(index, values)
-(`dowser.sparse.SparseDelta`). Its matmul saves W (as a view of the flat index_add result)
+(`dowser.sparse.SparseDelta`). Its matmul saves W (as a view of the flat `sparse_weight` result)
 to form the input gradient, so autograd would hold one full copy of every trainable
 weight until backward: memory that Full-FT, whose matmuls save the parameter itself,
 does not spend (benchmarks/train_memory.py, column "saved W"). Inside this context a
 saved-tensor hook recognises those W views and stores only a handle (the SparseDelta
-module, W0 and the view's geometry); backward rebuilds W with the same index_add, so the
+module, W0 and the view's geometry); backward rebuilds W with the same `sparse_weight`, so the
 gradients are bit-identical and the extra memory is one module's W at a time.
 """
 
@@ -52,8 +52,10 @@ def recompute_sparse_weights(model):
         if isinstance(packed, torch.Tensor):
             return packed
         delta, weight, size, stride, offset, dtype = packed
+        from dowser.sparse import sparse_weight
+
         with torch.no_grad():
-            flat = weight.flatten().index_add(0, delta.index, delta.values.to(weight.dtype))
+            flat = sparse_weight(weight, delta.index, delta.values)
         return flat.to(dtype).as_strided(size, stride, offset)
 
     handles = [d.register_forward_hook(tag) for d in deltas]

@@ -6,6 +6,11 @@ A masked weight trains through a parametrization W = W0 + scatter(index, values)
 `values` (one fp32 entry per trainable weight) is a parameter, so AdamW keeps moments for
 the trainable entries alone (optimizer memory scales with rho, not |P|), and a frozen
 entry is never written: it stays bit-identical whatever the optimizer or weight decay.
+
+Precision (one rule for every method): trainable tensors are fp32 masters whatever the
+model's dtype (`fp32_masters`); a bf16 model computes under bf16 autocast. A masked entry's
+weight is W0 + value added in fp32 and rounded once to the model's dtype (`sparse_weight`),
+the same sum in training, in backward's recompute and when a delta is loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +32,34 @@ class SparseDelta(nn.Module):
         self.values = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.flatten().index_add(0, self.index, self.values.to(weight.dtype)).view_as(weight)
+        return sparse_weight(weight, self.index, self.values).view_as(weight)
+
+
+def sparse_weight(weight: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """flat W0 with W0[index] + values at `index`: the sum in fp32 (or wider), rounded once to
+    W0's dtype, so a bf16 model does not lose a small fp32 update to a double rounding."""
+    flat = weight.flatten()
+    wide = torch.promote_types(values.dtype, weight.dtype)
+    picked = flat.index_select(0, index).to(wide) + values.to(wide)
+    return flat.index_put((index,), picked.to(weight.dtype))
+
+
+def fp32_masters(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """Trainable tensors of a half-precision model become fp32 in place (master weights: the
+    optimizer updates fp32, autocast casts them down for compute); fp32 / fp64 stay as they are."""
+    for p in params:
+        if p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+    return params
+
+
+def block_vectors(model, depth: int) -> list[tuple[str, nn.Parameter]]:
+    """1-D parameters (norm weights, biases) of the last `depth` decoder blocks: trained fully
+    when `train_norms` is set (the authors' train_dowser.py)."""
+    prefix, blocks = decoder_blocks(model)
+    first = len(blocks) - depth
+    return [(f"{prefix}.{i}.{n}", p) for i, block in enumerate(blocks) if i >= first
+            for n, p in block.named_parameters() if p.dim() == 1 and ".parametrizations." not in n]
 
 
 def check_masks(model, masks: dict[str, np.ndarray], depth: int) -> None:
@@ -65,10 +97,12 @@ def apply_masks(model, masks: dict[str, np.ndarray] | None, depth: int) -> list[
     return params
 
 
-def delta_state(model, depth: int) -> dict[str, torch.Tensor]:
-    """The run's result: sparse (index, values) or dense weights of the trainable modules."""
+def delta_state(model, depth: int, vectors: bool = False) -> dict[str, torch.Tensor]:
+    """The run's result: sparse (index, values) or dense weights of the trainable modules, as
+    trained (fp32 masters: evaluation rounds them to the model's dtype when it loads them);
+    `vectors`: also the blocks' 1-D parameters (train_norms)."""
     modules = dict(model.named_modules())
-    out = {}
+    out = {name: p.detach().cpu().contiguous() for name, p in block_vectors(model, depth)} if vectors else {}
     for m in trainable_modules(model, depth):
         module = modules[m.name]
         if parametrize.is_parametrized(module, "weight"):
@@ -88,6 +122,9 @@ def load_delta_state(model, state: dict[str, torch.Tensor]) -> None:
             name, kind = key.rsplit(".", 1)
             if name not in modules:
                 raise ValueError(f"delta names module {name} that the model does not have")
+            if kind == "bias":
+                modules[name].bias.copy_(tensor)
+                continue
             weight = modules[name].weight
             if kind == "weight":
                 if tuple(tensor.shape) != tuple(weight.shape):
@@ -95,10 +132,9 @@ def load_delta_state(model, state: dict[str, torch.Tensor]) -> None:
                 weight.copy_(tensor)
             elif kind == "values":
                 index = state[f"{name}.index"].to(weight.device)
-                flat = weight.flatten().index_add(0, index, tensor.to(weight.device, weight.dtype))
-                weight.copy_(flat.view_as(weight))
+                weight.copy_(sparse_weight(weight, index, tensor.to(weight.device)).view_as(weight))
             elif kind != "index":
-                raise ValueError(f"delta key {key} is neither .weight, .index nor .values")
+                raise ValueError(f"delta key {key} is neither .weight, .bias, .index nor .values")
 
 
 def remove_masks(model) -> None:
