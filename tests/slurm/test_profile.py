@@ -75,7 +75,7 @@ def test_job_sizes_follow_the_model(tmp_path):
     assert world["finetune"]["shell"].startswith("dowser finetune")
     hub = tmp_path / "hub.yaml"
     hub.write_text(yaml.safe_dump({
-        "model": {"source": "hub", "name": "llava-hf/llava-1.5-13b-hf", "dtype": "bfloat16"},
+        "model": {"source": "hub", "name": "llava-hf/llava-1.5-13b-hf", "dtype": "bfloat16", "params_b": 13.4},
         "data": {"root": str(tmp_path)},
     }))
     big = job_resources(dry_run(tmp_path, ROOT / "tests/e2e/reduced.yaml", hub))
