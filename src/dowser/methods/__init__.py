@@ -124,6 +124,7 @@ class Method:
 
 def _load_all():
     from dowser.methods import (  # noqa: F401  (registration side effect)
+        controls,
         dare,
         dowser,
         full,

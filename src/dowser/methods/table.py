@@ -19,6 +19,8 @@ class Traits:
     needs_model: bool = False  # mask built from the base model's weights
     post_hoc: bool = False  # no training: edits the Full-FT run of the same task and depth (parent)
     seeded: bool = False  # one mask per finetune.random_seeds entry
+    selection: str = "bottom"  # score masks: train the bottom-rho (Dowser) or top-rho (control) entries
+    score_source: str = "probes"  # score masks: data-free probes, or real samples of a task ("task")
 
 
 METHODS: dict[str, Traits] = {
@@ -27,6 +29,10 @@ METHODS: dict[str, Traits] = {
     "lora": Traits(dense=True),  # adapters, merged into dense weights after training
     "dowser": Traits(needs_scores=True),
     "random": Traits(seeded=True),
+    # controls (issue 10): the most important rho instead of the least; Dowser's rule on scores
+    # from real upstream training samples (finetune.method_params.oracle: task, samples)
+    "dowser-top": Traits(needs_scores=True, selection="top"),
+    "oracle": Traits(needs_scores=True, score_source="task"),
     "magnitude": Traits(needs_model=True),
     "wanda": Traits(needs_model=True, needs_probes=True),  # |W| * ||X_j|| over probe tokens
     "dare": Traits(post_hoc=True),
