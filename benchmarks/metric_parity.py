@@ -11,7 +11,8 @@ holds the Python port to those. `check` compares, on seeded draws:
   the leave-one-out loop of its `textvqa_process_results` (20,000 prediction/answer draws);
 - MMBench: `dowser.metrics.extract_option_letter` vs lmms-eval's `MMBench_Evaluator.can_infer`
   then its judge-free `extract_mcq_answer` (every answer style below x option sets);
-- CIDEr tokenization: Python port vs Java on the committed caption corpus.
+- CIDEr tokenization: Python port vs Java on the committed caption corpus, and on 9,000
+  held-out captions and random strings (`ptb_heldout`) when Java is present.
 
 lmms-eval is read from its files (no `import lmms_eval`: its package imports pull torch
 and more): `pip install --no-deps lmms-eval loguru` is all `check` needs.
@@ -92,6 +93,21 @@ def ptb_captions(seed: int = 0, n_mixed: int = 600) -> list[str]:
         if rng.random() < 0.5:
             text = text[:1].upper() + text[1:]
         out.append(text + rng.choice(_ENDS))
+    return out
+
+
+_SOUPS = ["abcdeXYZ .,;:!?'\"()[]{}<>-_/\\@#$%&*+=~^|`0123456789\u2019\u201c\u201d\u2014\u00a0"
+          "\u00bd\u20ac\u00e9\u4e2d", "aAbB.c'-sn t"]
+
+
+def ptb_heldout(seed: int = 1) -> list[str]:
+    """Captions the port was not developed on: 3,000 more mixes (other seeds) and 6,000
+    random strings over punctuation-heavy alphabets."""
+    out = [c for s in (seed, seed + 1, seed + 2) for c in ptb_captions(s, 1000)[len(TRICKY):]]
+    rng = random.Random(seed)
+    for alphabet in _SOUPS:
+        out += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+                for _ in range(3000)]
     return out
 
 
@@ -203,6 +219,11 @@ def check() -> dict:
         java = ptb.java_lines(corpus["captions"])
         out["ptb_java_now_vs_committed"] = {
             "captions": len(java), "agree": sum(a == b for a, b in zip(java, corpus["java_tokens"]))}
+        held = ptb_heldout()
+        pairs = list(zip(held, ptb.java_lines(held), ptb.python_lines(held)))
+        out["ptb_python_vs_java_heldout"] = {
+            "captions": len(pairs), "agree": sum(j == p for _, j, p in pairs),
+            "first_differences": [(c, j, p) for c, j, p in pairs if j != p][:5]}
     vqa = lmms_eval_file("tasks/_task_utils/vqa_eval_metric.py")
     if vqa is None:
         out["lmms_eval"] = "not installed: VQA and MMBench comparisons not run"
