@@ -234,8 +234,11 @@ def accuracy_matrix(eval_docs: list[dict]):
         if not r:
             continue
         label = r["method"] if r.get("seed") is None else f"{r['method']}-seed{r['seed']}"
+        train = r.get("train") or {}
         key = {"label": label, "method": r["method"], "rho": r.get("rho"), "seed": r.get("seed"),
-               "mask_mode": r.get("mask_mode")}
+               "mask_mode": r.get("mask_mode"), "L": r.get("depth"), "lr": train.get("lr"),
+               "epochs": train.get("epochs"), "train_samples": train.get("train_samples"),
+               "eval_limit": doc["eval"].get("params", {}).get("limit")}
         docs = [(int(r["step"]), doc)] + ([(0, b) for b in base] if int(r["step"]) == 1 else [])
         for t, d in docs:
             res = d["results"]
@@ -248,6 +251,9 @@ def accuracy_matrix(eval_docs: list[dict]):
                 if get_task(bench).role == "upstream":
                     up.append({**key, "t": t, "benchmark": bench, "value": float(v["value"])})
     return pd.DataFrame(rows), pd.DataFrame(up)
+
+
+RECIPE = ("L", "lr", "epochs", "train_samples", "eval_limit")  # copied from the run specs into the tables
 
 
 def metrics_table(matrix, upstream):
@@ -265,7 +271,7 @@ def metrics_table(matrix, upstream):
         up = a_up(ups) if ups else float("nan")
         first = df.iloc[0]
         out.append({"label": label, "method": first.method, "rho": first.rho, "seed": first.seed,
-                    "mask_mode": first.mask_mode, "T": T, "A_up": up, "A_down": mfn(A), "MFT": mft(A),
+                    "mask_mode": first.mask_mode, **{k: first[k] for k in RECIPE if k in df}, "T": T, "A_up": up, "A_down": mfn(A), "MFT": mft(A),
                     "MFN": mfn(A), "MAA": maa(A), "BWT": bwt(A), "H": h_score(up, mfn(A)) if ups else float("nan")})
     zero = matrix[(matrix.t == 0)].drop_duplicates("i")
     ups0 = upstream[upstream.t == 0].drop_duplicates("benchmark").value.tolist()
