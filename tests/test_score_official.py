@@ -196,3 +196,127 @@ def test_presets_flow_into_spec_ids():
     cfg["score"]["preset"] = "exact"
     with pytest.raises(ValueError, match="^score.preset: 'exact' is not one of default, official$"):
         build_grid(cfg)
+
+
+# ------------------------------------------------------------ the stages (dowser probe/score/merge)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import json
+
+    model, processor = tiny_world_llava(torch.float32)
+    path = tmp_path_factory.mktemp("m") / "model"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    (path / "spec.json").write_text(json.dumps({"dtype": "float32"}))
+    return path
+
+
+def _score_spec(**kw):
+    import json
+
+    from dowser.presets import score_fields
+
+    spec = {"kind": "score", "model": "m", "probe": "p", "source": "probes", "task": None, "samples": None,
+            **score_fields({"estimator": "l1", "draws": 2, "aggregate": "outer", "output": "logits",
+                            "shards": 2, "seed": 4, **kw})}
+    return json.dumps(spec)
+
+
+def test_stages_official_probe_score_merge(model_dir, tmp_path):
+    """Official probes through `dowser probe`, two shards (split between batches), merge =
+    the API on the same model."""
+    import json
+
+    import pandas as pd
+
+    from dowser.cli import main
+    from dowser.models import load_artifact
+    from dowser.presets import probe_fields
+    from dowser.score import load_scores
+
+    probe = json.dumps({"kind": "probe", "model": "m", **probe_fields({"preset": "official", "n": 6, "seed": 0})})
+    assert main(["probe", "--spec", probe, "--model", str(model_dir), "--out", str(tmp_path / "probes")]) == 0
+    probes = pd.read_parquet(tmp_path / "probes/probes.parquet")
+    assert probes.groupby("batch").size().tolist() == [4, 2]
+    for _, rows in probes.groupby("batch"):  # BOS + text, 64 in all with the padded prompt (or every row ended)
+        lengths = {len(t) for t in rows["token_ids"]}
+        assert lengths == {65 - max(len(s) for s in rows["seed_token_ids"])} or (
+            len(lengths) == 1 and all(2 in t for t in rows["token_ids"]))  # 2: the world's </s>
+    spec = _score_spec(preset="official")
+    shards = [tmp_path / f"shard-{k}-of-2.h5" for k in range(2)]
+    for k, out in enumerate(shards):
+        assert main(["score", "--spec", spec, "--model", str(model_dir), "--probes",
+                     str(tmp_path / "probes/probes.parquet"), "--shard", str(k), "--out", str(out)]) == 0
+    assert main(["merge", "--spec", spec, "--shards", *map(str, shards), "--out", str(tmp_path / "scores.h5")]) == 0
+    model, _ = load_artifact(model_dir, device="cpu")
+    merged = load_scores(tmp_path / "scores.h5")
+    api = score_model_official(model, probes, draws=2, seed=4)
+    assert set(merged) == set(api)
+    for name in api:
+        np.testing.assert_allclose(merged[name], api[name].numpy(), rtol=1e-4, atol=1e-6 * float(api[name].max()))
+
+
+def _image_bytes(seed):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_score_stage_draws_from_upstream_world_tasks(model_dir, tmp_path):
+    """The oracle: scores from an upstream task's own training rows (world tasks generate
+    every split); a real upstream benchmark has no training split and is refused in one line."""
+    import json
+
+    import pandas as pd
+
+    from dowser.cli import main
+    from dowser.data import read_rows, scoring_inputs
+    from dowser.models import load_artifact
+    from dowser.score import ScoreConfig, accumulate_scores, finalize, load_scores
+    from dowser.tasks import scoring_split
+
+    data = tmp_path / "data"
+    (data / "world-textvqa").mkdir(parents=True)
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "image": [{"bytes": _image_bytes(i), "path": None} for i in range(3)],
+                         "question": ["what is written ?", "what word ?", "read the sign ?"],
+                         "answer": ["cat", "red dog", "blue"], "task": "world-textvqa"})
+    rows.to_parquet(data / "world-textvqa/train.parquet")
+    assert scoring_split("world-textvqa", data) == data / "world-textvqa/train.parquet"
+    with pytest.raises(ValueError, match=r"^benchmark 'world-okvqa' \(upstream\) has no training split to draw "
+                                         r"scoring samples from \(expected .*world-okvqa/train.parquet\)$"):
+        scoring_split("world-okvqa", data)
+    with pytest.raises(ValueError, match=r"^benchmark 'textvqa' \(upstream\) has no training split to draw "
+                                         r"scoring samples from$"):
+        scoring_split("textvqa", data)
+
+    model, processor = load_artifact(model_dir, device="cpu")
+    ids, pixels = scoring_inputs(processor, read_rows(data / "world-textvqa/train.parquet"))
+    named = dict(model.named_modules())
+    weights = {m.name: named[m.name].weight for m in scored_modules(model)}
+    for preset in ("default", "official"):
+        spec = json.loads(_score_spec(preset=preset, shards=1))
+        spec.update(probe=None, source="task", task="world-textvqa", samples=3)
+        spec = json.dumps(spec)
+        out = tmp_path / f"{preset}.h5"
+        assert main(["score", "--spec", spec, "--model", str(model_dir), "--data", str(data), "--shard", "0",
+                     "--out", str(out)]) == 0
+        assert main(["merge", "--spec", spec, "--shards", str(out), "--out", str(tmp_path / f"{preset}-m.h5")]) == 0
+        merged = load_scores(tmp_path / f"{preset}-m.h5")
+        if preset == "default":
+            stats = accumulate_scores(model, ids, [0, 1, 2], ScoreConfig(draws=2, seed=4), pixel_values=pixels,
+                                      pad_id=processor.tokenizer.pad_token_id)
+        else:  # one padded batch of 3 samples: psi, a over real tokens, xi at each row's last token
+            from dowser.score import accumulate_official
+
+            stats = accumulate_official(model, ids, [0, 1, 2], [0, 0, 0], draws=2, seed=4,
+                                        pad_id=processor.tokenizer.pad_token_id, pixel_values=pixels)
+        expect = finalize(stats, weights, 3)
+        for name in expect:
+            np.testing.assert_allclose(merged[name], expect[name].numpy(), rtol=1e-4,
+                                       atol=1e-6 * float(expect[name].max()))
