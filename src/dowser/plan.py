@@ -16,9 +16,9 @@ H = lm_head weights, A = 2 s d (causal attention, per block), B = blocks:
 - generation    forward per prompt and generated token (decode is memory-bound: a floor)
 
 GPU-hours = FLOPs / (peak bf16 FLOP/s x utilisation). Peak GPU memory of a fine-tune job =
-weights (dtype bytes x all parameters) + training state (dense: 16 B per trainable weight:
-fp32 master, fp32 gradient, two fp32 AdamW moments; masked: 24 B per trainable entry: the
-same plus an int64 index) + activations of the last L blocks: 2 B x (6 d + 2 d_kv + 4 f)
+weights (dtype bytes x all parameters) + training state (dense: the trainable weights
+become fp32 masters in place, + fp32 gradient + two fp32 AdamW moments: 16 B per trainable
+weight in all; masked: 24 B per trainable entry: fp32 value, gradient, moments, int64 index) + activations of the last L blocks: 2 B x (6 d + 2 d_kv + 4 f)
 per token and block (norm inputs/outputs, q/k/v, attention output, gate, up, SiLU,
 product; flash attention keeps no s^2 term), with gradient checkpointing 2 d per token and
 block plus one block's full set + logits: 10 B per token and vocabulary entry (bf16 logits,
@@ -214,7 +214,9 @@ def score_flops(sh: Shape, s: int, draws: int, ratio: float, shared_forward: boo
 def train_memory(sh: Shape, depth: int, dense: bool, rho: float, micro_batch: int, s: int, dtype_bytes: int,
                  checkpointing: bool = False) -> dict:
     n_l = depth * sh.per_block
-    state = 16 * n_l if dense else 24 * round(rho * n_l)
+    # dense: the trainable weights become fp32 masters in place (dowser.sparse.fp32_masters) +
+    # fp32 gradient + two fp32 AdamW moments; masked: fp32 value, gradient, moments + int64 index
+    state = (4 - dtype_bytes + 4 + 8) * n_l if dense else 24 * round(rho * n_l)
     d, f = sh.hidden, sh.intermediate
     per_block_token = 2 * (6 * d + 2 * sh.d_kv + 4 * f)
     blocks_act = micro_batch * s * (2 * d * depth + per_block_token) if checkpointing else \
@@ -226,7 +228,8 @@ def train_memory(sh: Shape, depth: int, dense: bool, rho: float, micro_batch: in
 
 
 def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_tokens: int = 64,
-         prompt_tokens: int = 48, results: Path = Path("benchmarks/results"), eval_items: int | None = None) -> dict:
+         prompt_tokens: int = 48, results: Path = Path("benchmarks/results"), eval_items: int | None = None,
+         checkpointing: bool = False) -> dict:
     """Every number of the tables, as a dict (rows per rule, per depth, per artifact kind)."""
     from dowser.spec import build_grid
 
@@ -245,7 +248,7 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
     flops_per_hour = GPUS[gpu][0] * 1e12 * mfu * 3600
     dtype_bytes = DTYPE_BYTES[config["model"].get("dtype", "float32")]
     train, ev = config["finetune"]["train"], config["evaluate"]
-    ckpt = bool(train.get("gradient_checkpointing", False))
+    ckpt = checkpointing
     s_train = sh.image_tokens + text_tokens
     samples = int(train.get("train_samples", 1000)) * int(train.get("epochs", 1))
     gpus_ft = 1
@@ -329,7 +332,7 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
         if has_mask(run.method):  # post-hoc and dense methods write the trainable weights whole
             key, size = "delta, masked (int64 index + fp32 value)", 12 * round(run.rho * n_l)
         else:
-            key, size = f"delta, dense ({config['model'].get('dtype', 'float32')} weights)", dtype_bytes * n_l
+            key, size = "delta, dense (fp32 weights, as trained)", 4 * n_l
         count, total = artifacts.get(key, (0, 0))
         artifacts[key] = (count + 1, total + size)  # deltas: (count, total bytes)
     eval_bytes = (items or 1000) * len(benchmarks) * (100 + 8 * int(ev.get("max_new_tokens", 16)))
@@ -435,6 +438,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-tokens", type=int, default=64, help="text tokens per training sample (assumed)")
     p.add_argument("--eval-items", type=int, help="items per benchmark (default: evaluate.limit)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="measured ratios")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="fine-tunes recompute block activations")
     p.add_argument("--depths", type=int, nargs="+", help="override finetune.depths")
     p.add_argument("--tasks", nargs="+", help="override finetune.tasks")
     p.add_argument("--rho", type=float, nargs="+", help="override mask.rho")
@@ -445,11 +449,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     config = override(load_config(args.configfile, args.defaults), args.depths, args.tasks, args.rho)
-    p = plan(config, args.gpu, args.mfu, args.text_tokens, results=args.results, eval_items=args.eval_items)
+    p = plan(config, args.gpu, args.mfu, args.text_tokens, results=args.results, eval_items=args.eval_items,
+             checkpointing=args.gradient_checkpointing)
     flags = [("--gpu", args.gpu if args.gpu != "a100-40gb" else None), ("--depths", args.depths),
-             ("--tasks", args.tasks), ("--rho", args.rho), ("--eval-items", args.eval_items)]
+             ("--tasks", args.tasks), ("--rho", args.rho), ("--eval-items", args.eval_items),
+             ("--gradient-checkpointing", "" if args.gradient_checkpointing else None)]
     command = "dowser plan --configfile " + " ".join(args.configfile) + "".join(
-        f" {flag} {' '.join(map(str, v)) if isinstance(v, list) else v}" for flag, v in flags if v)
+        f" {flag} {' '.join(map(str, v)) if isinstance(v, list) else v}".rstrip() for flag, v in flags if v is not None)
     body = markdown(p, command)
     if args.write:
         write_section(args.write, body, args.section)
