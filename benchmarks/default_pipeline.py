@@ -5,8 +5,9 @@
 Copies the workflow into a fresh folder, runs `snakemake --cores 2` (the README's first
 command), and writes benchmarks/results/default_pipeline.json: wall time, the summary
 table, and, at the deepest L and for each task: the base model's A_up, Full-FT's A_up drop,
-H-scores of Full-FT / Dowser / Random (mean over seeds). The same checks back
-tests/e2e/test_default_pipeline.py (marked slow).
+H-scores of Full-FT / Dowser / Random (mean over seeds). tests/e2e/test_default_pipeline.py
+(marked slow: `pytest -m slow`) runs the same pipeline and checks the summary has every run of
+the grid and that `claims()` covers every task.
 """
 
 from __future__ import annotations

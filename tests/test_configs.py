@@ -39,3 +39,62 @@ def test_unknown_key_is_rejected():
     cfg["mask"]["scope"] = "layer"
     with pytest.raises(ValueError, match="^mask.scope: 'layer' is not one of"):
         validate_config(cfg, SCHEMA)
+
+
+# --- parse-time config errors, as `snakemake -n` prints them ------------------------------
+
+def workflow_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    work = tmp_path / "wf"
+    work.mkdir()
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    for name in ("workflow", "profiles"):
+        shutil.copytree(ROOT / name, work / name)
+    return work
+
+
+def dry_run(work: Path, *configs: str):
+    import subprocess
+
+    cmd = ["snakemake", "-n", "--cores", "1", *(["--configfile", *configs] if configs else [])]
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Snakemake's notice that it applies profiles/default (the workflow profile)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("Using workflow specific profile")]
+
+
+def test_config_errors_are_one_line_at_parse_time(tmp_path):
+    work = workflow_copy(tmp_path)
+    cases = {
+        "hub_no_root.yaml": ({"model": {"source": "hub", "name": "llava-hf/llava-1.5-7b-hf", "params_b": 7}},
+                             "config error: data.root: required when model.source is 'hub'"),
+        "bad_path.yaml": ({"model": {"source": "hub", "name": "./models/no-such-model", "params_b": 7},
+                           "data": {"root": "data"}},
+                          "config error: model.name: local model folder './models/no-such-model' does not exist"),
+        "no_size.yaml": ({"model": {"source": "hub", "name": "llava-hf/llava-1.5-13b-hf"}, "data": {"root": "data"}},
+                         "config error: model.params_b: required for hub model 'llava-hf/llava-1.5-13b-hf'"),
+    }
+    for name, (override, message) in cases.items():
+        (work / name).write_text(yaml.safe_dump(override))
+        proc = dry_run(work, name)
+        assert proc.returncode != 0, name
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith(message), (name, proc.stderr[-2000:])
+    assert not (work / "results").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("probe:\n  n: [8\n", "config error: config.yaml:3: not valid YAML ("),
+    ("# emptied by mistake\n", "config error: config.yaml: empty config file"),
+])
+def test_broken_config_yaml_names_file_and_line(tmp_path, text, message):
+    work = workflow_copy(tmp_path)
+    (work / "config.yaml").write_text(text)
+    proc = dry_run(work)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]

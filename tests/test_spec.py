@@ -261,3 +261,22 @@ def test_probe_seeds_and_controls():
     assert len(g1.probes) == 1 and {r.seed for r in g1.runs.values() if r.method == "dowser"} == {None}
     with pytest.raises(ValueError, match="probe.seeds"):
         build_grid(cfg(probe__seeds=[1, 1]))
+
+
+def test_validated_config_is_remembered(tmp_path):
+    """An unchanged config skips jsonschema (parse time); any change validates again."""
+    schema = "workflow/schemas/config.schema.yaml"
+    cache = tmp_path / "valid"
+    code = ("import sys, yaml; from dowser.spec import validate_config; "
+            f"validate_config(yaml.safe_load(open('config.yaml')), '{schema}', '{cache}'); "
+            "print('jsonschema' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+            for _ in range(2)]
+    assert runs == ["True", "False"] and len(list(cache.iterdir())) == 1
+    from dowser.spec import validate_config
+
+    bad = cfg(score__draws=0)
+    for _ in range(2):  # never remembered
+        with pytest.raises(ValueError, match="^score.draws: 0 is less than the minimum of 1$"):
+            validate_config(bad, schema, str(cache))
+    assert len(list(cache.iterdir())) == 1

@@ -26,3 +26,8 @@ def job_counts(output: str) -> dict[str, int]:
             elif line.strip() and not line.startswith("-"):
                 break
     return counts
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Snakemake's notice that it applies the workflow profile (profiles/default)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("Using workflow specific profile")]

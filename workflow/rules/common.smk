@@ -6,7 +6,8 @@ from dowser.spec import build_grid, validate_config
 
 
 try:
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    # a config already validated against this schema is remembered (dowser.spec.validate_config)
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), ".snakemake/dowser/valid-configs")
     GRID = build_grid(config)
 except ValueError as e:
     sys.exit(f"config error: {e}")
