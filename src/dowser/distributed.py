@@ -52,8 +52,12 @@ def fsdp_plugin(model, precision: str):
 def make_accelerator(model, mixed_precision: str, sharding: str = "auto"):
     """(Accelerator, resolved sharding mode)."""
     from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
 
     state = PartialState()
+    # AcceleratorState is a per-process singleton: a second run in the same process (tests, an API
+    # user's loop) may need another precision or plugin. The process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     mode = resolve_sharding(sharding, state.num_processes, torch.cuda.is_available())
     precision = precision_for(model, mixed_precision)
     plugin = fsdp_plugin(model, precision) if mode == "fsdp" else None

@@ -28,12 +28,10 @@ modules, thread and process counts).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -47,35 +45,7 @@ from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
 from dowser.sparse import block_vectors, delta_state, fp32_masters, load_delta_state, trainable_table
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One recipe shared by every method (the paper's: lr 2e-5, 5 epochs, batch 128, 10k samples)."""
-
-    lr: float = 1e-3  # world default: the tiny model learns a task in ~100 steps at this lr
-    epochs: int = 1
-    batch_size: int = 32  # global micro-batch (all processes together)
-    grad_accum: int = 1
-    train_samples: int = 1000  # paper: 10k per downstream task
-    weight_decay: float = 0.0  # LLaVA-1.5's fine-tuning scripts use 0
-    warmup_ratio: float = 0.03  # LLaVA-1.5 scripts
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    mixed_precision: str = "no"  # autocast of an fp32 model: no | bf16 | fp16 (a bf16 model always autocasts bf16)
-    train_norms: bool = False  # the authors' train_dowser.py trains the last L blocks' 1-D params fully
-    checkpoint_every: int = 50
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in names:
-                raise ValueError(f"finetune.train.{key}: unknown key")
-        cfg = cls(**d)
-        if cfg.lr <= 0 or cfg.batch_size < 1 or cfg.epochs < 1 or cfg.train_samples < 1 or cfg.grad_accum < 1:
-            raise ValueError("finetune.train: lr, batch_size, grad_accum, epochs and train_samples must be positive")
-        return cfg
+from dowser.spec import TrainConfig  # noqa: F401  (re-exported: dowser.posthoc reads it here)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):

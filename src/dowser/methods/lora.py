@@ -7,7 +7,7 @@ LoRA (and MoeLoRA) in its continual-learning table (Appendix H).
 
 The base weights never train: each target linear becomes peft's `lora.Linear` around the
 frozen `base_layer`; only lora_A / lora_B are parameters. `post_train` merges
-W = W0 + (alpha / r) * B @ A into the base layer and puts the plain `nn.Linear` back, so the
+W = W0 + (alpha / r) * B @ A (in fp32: the adapters are fp32 masters) into the base layer and puts the plain `nn.Linear` back, so the
 run's delta is the dense weights of the trainable modules (like Full-FT) and nothing
 outside them changes. The learning rate is the shared recipe's (LLaVA's LoRA script uses
 2e-4 against 2e-5 for full fine-tuning: set `finetune.train.lr` per experiment).
@@ -57,12 +57,21 @@ class Lora(Method):
 
 
 def merge_lora(model, targets: list[str]) -> None:
-    """Fold every adapter into its base layer and put the plain nn.Linear back."""
+    """Fold every adapter into its base layer and put the plain nn.Linear back. The merged weight
+    W0 + (alpha / r) B @ A is formed in fp32 (or wider) and kept there: rounding it to a bf16
+    model's dtype would lose a small update (evaluation rounds once, when it loads the delta)."""
     modules = dict(model.named_modules())
     for name in targets:
         wrapped = modules[name]
         if not hasattr(wrapped, "base_layer"):
             continue
-        wrapped.merge()
+        base = wrapped.base_layer
+        dtype = torch.promote_types(base.weight.dtype, torch.float32)
+        weight = base.weight.detach().to(dtype)
+        for adapter in wrapped.active_adapters:
+            if adapter in wrapped.lora_A:
+                a, b = wrapped.lora_A[adapter].weight.to(dtype), wrapped.lora_B[adapter].weight.to(dtype)
+                weight = weight + (b @ a) * wrapped.scaling[adapter]
+        base.weight = torch.nn.Parameter(weight, requires_grad=False)
         parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, wrapped.base_layer)
+        setattr(modules[parent_name] if parent_name else model, child, base)
