@@ -13,9 +13,9 @@ config.json), random weights in bf16. Measured in one run:
   cannot beat (1 forward + R backward of (xi * f).sum(), xi built the same way, nothing
   captured); best of `--repeats`, interleaved. Goal: ratio <= 1.15 (issue 11).
 - finetune: one optimizer step of Full-FT and of Dowser at rho = 0.1 on all `--blocks`
-  blocks through the methods' own `prepare` (dowser.sparse.apply_masks), accelerate
-  (bf16 autocast on CUDA), `dowser.recompute.recompute_sparse_weights`, gradient clipping and
-  AdamW, as `dowser.finetune` runs them; a LLaVA batch (576 image + 64 text tokens).
+  blocks through `dowser.finetune`'s pieces: the method's `prepare`, fp32 masters,
+  `dowser.distributed.make_accelerator` (bf16 autocast on CUDA), `token_loss` (with
+  `recompute_sparse_weights`), clipping and AdamW; a LLaVA batch (576 image + 64 text tokens).
   Peak `torch.cuda.max_memory_allocated` over steady-state steps (optimizer state already
   allocated) and tokens/s. Goal: Dowser peak <= 0.6x Full-FT (issue 11). The mask is the
   `random` method's (same entry count per module as a Dowser mask at the same rho).
@@ -145,14 +145,15 @@ def train_batch(model, batch: int, text_tokens: int, device: str) -> dict:
 
 
 def check_step(method_name: str, shape: dict, blocks: int, device: str, dtype, rho: float, batch: int,
-               text_tokens: int, steps: int) -> dict:
-    """Steady-state peak memory and tokens/s of the fine-tune step, through the real pieces."""
-    from accelerate import Accelerator
-
+               text_tokens: int, steps: int, checkpointing: bool = False) -> dict:
+    """Steady-state peak memory and tokens/s of one optimizer step, through dowser.finetune's
+    pieces: the method's prepare, fp32 masters, make_accelerator, token_loss (which wraps
+    recompute_sparse_weights), clipping, AdamW, on_step."""
+    from dowser.distributed import make_accelerator, unwrap_params
+    from dowser.finetune import token_loss
     from dowser.methods import MaskContext, get_method
     from dowser.models import trainable_modules
-    from dowser.recompute import recompute_sparse_weights
-    from dowser.sparse import trainable_table
+    from dowser.sparse import fp32_masters, trainable_table
 
     cuda = device.startswith("cuda")
     model = build_model(shape, blocks, device, dtype)
@@ -161,27 +162,30 @@ def check_step(method_name: str, shape: dict, blocks: int, device: str, dtype, r
     if not method.dense:
         shapes = {m.name: m.shape for m in trainable_modules(model, blocks)}
         masks = get_method("random").build_mask(MaskContext(shapes=shapes, rho=rho, seed=0))
-    params = method.prepare(model, masks, blocks)
+    params = fp32_masters(list(method.prepare(model, masks, blocks)))
     trainable = sum(r["trainable"] for r in trainable_table(model))
     assert trainable == method.expected_trainable(model, blocks, masks)
     del masks
-    acc = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    acc, _ = make_accelerator(model, "bf16" if cuda else "no", "none")
     opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)  # configs/llava-1.5-7b.yaml
     model, opt = acc.prepare(model, opt)
+    params = unwrap_params(opt)
     model.train()
     data = train_batch(model, batch, text_tokens, device)
+    count = int((data["labels"][:, 1:] != -100).sum())
     sync(device)
-    resident = torch.cuda.memory_allocated() if cuda else None  # weights (+ index) before any step
+    resident = torch.cuda.memory_allocated() if cuda else None  # weights, masters, index before any step
 
     def step():
-        with recompute_sparse_weights(model):
-            loss = model(**data).loss
-        acc.backward(loss)
+        loss = token_loss(model, dict(data))  # token_loss pops labels from its copy
+        acc.backward(loss / count)
         acc.clip_grad_norm_(params, 1.0)
         opt.step()
         method.on_step(model, 0)
-        opt.zero_grad()
-        return float(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach()) / count
 
     step()  # allocates the optimizer state
     sync(device)
@@ -214,6 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-tokens", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="fine-tune steps recompute activations")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -237,10 +242,10 @@ def main(argv=None) -> int:
     gc.collect()
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    step = {m: check_step(m, shape, args.blocks, args.device, dtype, args.rho, args.batch, args.text_tokens, args.steps)
-            for m in ("full", "dowser")}
+    step = {m: check_step(m, shape, args.blocks, args.device, dtype, args.rho, args.batch, args.text_tokens, args.steps,
+                          args.gradient_checkpointing) for m in ("full", "dowser")}
     finetune = {"rho": args.rho, "batch": args.batch, "tokens_per_sample": info["image_tokens"] + args.text_tokens,
-                "steps": args.steps, **step}
+                "steps": args.steps, "gradient_checkpointing": args.gradient_checkpointing, **step}
     if step["full"]["peak_bytes"]:
         ratio = step["dowser"]["peak_bytes"] / step["full"]["peak_bytes"]
         finetune.update(peak_ratio_dowser_vs_full=ratio, goal=MEMORY_GOAL, goal_met=ratio <= MEMORY_GOAL)

@@ -61,43 +61,48 @@ def test_gpu_check_refuses_without_cuda(capsys):
 @cuda
 @pytest.mark.parametrize("method", ["full", "dowser"])
 def test_bf16_finetune_step_on_cuda(method):
-    """One accelerate bf16 step as dowser.finetune runs it: frozen entries stay bit-identical,
-    trainable ones move, the loss is finite."""
-    from accelerate import Accelerator
-
+    """One step of a bf16 model as dowser.finetune runs it (fp32 masters, bf16 autocast,
+    token_loss): frozen entries stay bit-identical, and at the recipe's lr 2e-5 no trainable
+    entry's update is lost to rounding."""
+    from dowser.distributed import make_accelerator, unwrap_params
+    from dowser.finetune import token_loss
     from dowser.methods import MaskContext, get_method
-    from dowser.recompute import recompute_sparse_weights
+    from dowser.sparse import fp32_masters
 
     model = tiny_llava(torch.bfloat16).cuda()
     shapes = {m.name: m.shape for m in trainable_modules(model, 1)}
     masks = None if method == "full" else get_method("random").build_mask(MaskContext(shapes=shapes, rho=0.1, seed=0))
-    impl = get_method(method)
-    params = impl.prepare(model, masks, 1)
+    params = fp32_masters(list(get_method(method).prepare(model, masks, 1)))
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in params)
     names = [m.name for m in scored_modules(model)]
-    before = {n: model.get_submodule(n).weight.detach().clone() for n in names}
-    acc = Accelerator(mixed_precision="bf16")
-    opt = torch.optim.AdamW(params, lr=1e-2)
+    before = {n: model.get_submodule(n).weight.detach().float().clone() for n in names}
+    acc, _ = make_accelerator(model, "bf16", "none")
+    opt = torch.optim.AdamW(params, lr=2e-5)  # configs/llava-1.5-7b.yaml
     model, opt = acc.prepare(model, opt)
+    params = unwrap_params(opt)
     model.train()
     ids = torch.cat([torch.full((2, 4), 63), torch.randint(3, 60, (2, 12))], 1).cuda()
     pixels = torch.randn(2, 3, 28, 28, device="cuda", dtype=torch.bfloat16)
-    with recompute_sparse_weights(model):
-        loss = model(input_ids=ids, pixel_values=pixels, labels=ids).loss
-    acc.backward(loss)
+    loss = token_loss(model, {"input_ids": ids, "pixel_values": pixels, "labels": ids.clone()})
+    acc.backward(loss / ids[:, 1:].numel())
     opt.step()
     assert torch.isfinite(loss)
     for n in names:
-        w = model.get_submodule(n).weight.detach()
+        module = model.get_submodule(n)
+        w = module.weight.detach().float()
         if n not in shapes:
             assert torch.equal(w, before[n]), n
             continue
         changed = w != before[n]
         if masks is None:
-            assert changed.any(), n
+            grad = module.weight.grad
+            assert module.weight.dtype == torch.float32
+            assert changed[grad != 0].all(), n  # fp32 masters: no update rounds away
         else:
             trainable = torch.from_numpy(masks[n]).cuda()
             assert not changed[~trainable].any(), n
-            assert changed[trainable].any(), n
+            values = module.parametrizations.weight[0].values
+            assert values.dtype == torch.float32 and (values[values.grad != 0] != 0).all(), n
 
 
 @pytest.mark.gpu
