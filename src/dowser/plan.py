@@ -173,7 +173,7 @@ def measured(results: Path) -> dict:
 
 
 def _gpu_check_mfu(doc: dict) -> float | None:
-    text, vision, m = doc["model"]["text"], doc["model"]["vision"], doc["model"]
+    text, m = doc["model"]["text"], doc["model"]
     peak = next((tf for key, (tf, _) in GPUS.items() if key.split("-")[0] in doc["device"].lower()), None)
     if peak is None:
         return None
@@ -248,21 +248,16 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
     flops_per_hour = GPUS[gpu][0] * 1e12 * mfu * 3600
     dtype_bytes = DTYPE_BYTES[config["model"].get("dtype", "float32")]
     train, ev = config["finetune"]["train"], config["evaluate"]
-    ckpt = checkpointing
     s_train = sh.image_tokens + text_tokens
     samples = int(train.get("train_samples", 1000)) * int(train.get("epochs", 1))
-    gpus_ft = 1
-    micro = max(1, int(train.get("batch_size", 32)) // gpus_ft)
-
+    micro = int(train.get("batch_size", 32))  # the global micro-batch, on one GPU (resources.smk: <= 8B)
+    rhos = sorted({r.rho for r in grid.runs.values() if r.rho is not None})
     depth_rows = {}
     for depth in sorted({r.depth for r in grid.runs.values()}):
-        hours = samples * train_flops(sh, depth, s_train, ckpt) / flops_per_hour
-        row = {"depth": depth, "trainable": depth * sh.per_block, "gpu_hours": hours}
-        for kind, dense in (("dense", True), ("masked", False)):
-            for rho in sorted({r.rho for r in grid.runs.values() if r.rho is not None}) if not dense else [None]:
-                key = kind if dense else f"masked@{rho:g}"
-                row[key] = train_memory(sh, depth, dense, rho or 0.0, micro, s_train, dtype_bytes, ckpt)
-        depth_rows[depth] = row
+        hours = samples * train_flops(sh, depth, s_train, checkpointing) / flops_per_hour
+        row = depth_rows[depth] = {"depth": depth, "trainable": depth * sh.per_block, "gpu_hours": hours}
+        for key, rho in [("dense", None)] + [(f"masked@{r:g}", r) for r in rhos]:
+            row[key] = train_memory(sh, depth, rho is None, rho or 0.0, micro, s_train, dtype_bytes, checkpointing)
 
     jobs: dict[str, dict] = {}
 
@@ -305,7 +300,7 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
         ft_hours += depth_rows[run.depth]["gpu_hours"]
     deepest = depth_rows[max(depth_rows)]
     peak_ft = max(v["total"] for k, v in deepest.items() if isinstance(v, dict))
-    add("finetune", len(grid.runs), ft_hours, peak_ft, gpus_ft)
+    add("finetune", len(grid.runs), ft_hours, peak_ft)
     jobs["finetune"]["all_modelled"] = modelled
     items = eval_items if eval_items is not None else ev.get("limit")
     per_item = forward_flops(sh, sh.image_tokens + prompt_tokens + int(ev.get("max_new_tokens", 16)))
@@ -339,7 +334,7 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
     artifacts["evaluation (predictions.jsonl)"] = (len(grid.evals), eval_bytes)
     return {"shape": sh, "gpu": gpu, "mfu": mfu, "mfu_source": mfu_source, "measured": meas, "jobs": jobs,
             "depths": depth_rows, "artifacts": artifacts, "mask_uses": uses, "n_scored": n_dec,
-            "s_train": s_train, "samples": samples, "micro_batch": micro, "checkpointing": ckpt,
+            "s_train": s_train, "samples": samples, "micro_batch": micro, "checkpointing": checkpointing,
             "eval_items": items, "official": official, "tasks": len(config["finetune"]["tasks"]), "runs": len(grid.runs)}
 
 
