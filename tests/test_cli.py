@@ -64,6 +64,23 @@ def test_checkpoint_every_reaches_finetune(monkeypatch, tmp_path):
     monkeypatch.setattr(dowser.finetune, "finetune", lambda *a, **kw: seen.update(kw) or {"steps": 0})
     base = ["finetune", "--spec", '{"method": "full"}', "--model", "m", "--data", "d", "--out", str(tmp_path)]
     assert cli.main(base + ["--checkpoint-every", "7"]) == 0
-    assert seen == {"checkpoint_every": 7}
+    assert seen["checkpoint_every"] == 7
     seen.clear()
-    assert cli.main(base) == 0 and seen == {}  # not given: TrainConfig's default
+    assert cli.main(base) == 0 and "checkpoint_every" not in seen  # not given: TrainConfig's default
+
+
+def test_check_config_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  tasks: [world-coco\n")
+    assert cli.main(["check-config", "--configfile", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"dowser: error: {bad}:3: not valid YAML (")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert cli.main(["check-config", "--configfile", str(empty)]) == 2
+    assert capsys.readouterr().err == f"dowser: error: {empty}: empty config file\n"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("mask: {rho: [1.5]}\n")  # merged over config.yaml's mask section, as snakemake does
+    assert cli.main(["check-config", "--configfile", str(wrong)]) == 2
+    assert capsys.readouterr().err == "dowser: error: mask.rho: 1.5 is outside (0, 1)\n"
+    assert cli.main(["check-config", "--configfile", "tests/e2e/reduced.yaml"]) == 0
+    assert capsys.readouterr().out.startswith("ok: 3 runs, 2 masks, 4 evaluations;")

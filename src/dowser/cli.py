@@ -112,10 +112,10 @@ def cmd_score(args):
                                     progress=True, pixel_values=pixels)
     else:
         cfg = ScoreConfig(spec["estimator"], spec["draws"], spec["aggregate"], spec["output"], spec["seed"],
-                          args.batch_size)
+                          args.batch_size, module_groups=args.module_groups)
         stats = accumulate_scores(model, token_ids, indices, cfg, pad, progress=True, pixel_values=pixels)
     with atomic_path(Path(args.out)) as tmp:
-        write_shard(tmp, model, stats, indices, total, args.spec)
+        write_shard(tmp, model, stats, indices, total, args.spec, abs_w=args.shard == 0)  # |W| once
 
 
 def cmd_merge(args):
@@ -124,20 +124,22 @@ def cmd_merge(args):
     started = time.time()
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        merge_shards([Path(p) for p in args.shards], tmp)
+        merge_shards([Path(p) for p in args.shards], tmp, spec_json=args.spec)
     write_spec(out.parent, args.spec, started)
 
 
 def cmd_mask(args):
-    from dowser.mask import mask_summary, save_masks
+    from dowser.mask import save_masks
     from dowser.methods import MaskContext, get_method
-    from dowser.score import load_scores
+    from dowser.scorefile import open_scores
 
     spec, started = _spec(args), time.time()
     method = get_method(spec["method"], spec.get("params"))
     scores, extra = None, {}
     if method.needs_scores:
-        scores = load_scores(args.scores)
+        if not args.scores:
+            raise ValueError(f"method '{spec['method']}' needs the merged scores (--scores)")
+        scores = open_scores(args.scores, expect_id=spec.get("score"))  # streamed, checked against spec["score"]
         shapes = {k: tuple(v.shape) for k, v in scores.items()}
     else:
         from dowser.models import load_artifact, scored_modules
@@ -159,9 +161,9 @@ def cmd_mask(args):
     masks = method.build_mask(ctx)
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        save_masks(masks, tmp, spec["rho"], args.spec)
+        summary = save_masks(masks, tmp, spec["rho"], args.spec)  # computes each module's mask as it writes
     write_spec(out.parent, args.spec, started)
-    print(mask_summary(masks))
+    print(summary)
 
 
 def cmd_finetune(args):
@@ -174,6 +176,7 @@ def cmd_finetune(args):
                                      Path(args.parent))))
         return
     runtime = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+    runtime.update(sharding=args.sharding, gradient_checkpointing=args.gradient_checkpointing)
     result = finetune(_spec(args), Path(args.model), Path(args.data), Path(args.out),
                       Path(args.mask) if args.mask else None, **runtime)
     print(json.dumps(result))
@@ -201,11 +204,12 @@ def cmd_evaluate(args):
 
 
 def cmd_stability(args):
-    from dowser.score import load_scores
+    from dowser.scorefile import open_scores
     from dowser.stability import stability_table
 
     spec, started = _spec(args), time.time()
-    table = stability_table(load_scores(args.a), load_scores(args.b), top=spec["top"])
+    table = stability_table(open_scores(args.a, expect_id=spec.get("a")), open_scores(args.b, expect_id=spec.get("b")),
+                            top=spec["top"])
     out = Path(args.out)
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
@@ -232,6 +236,26 @@ def cmd_report(args):
 
     summary = write_report([Path(p) for p in args.evals], Path(args.out), Path(args.html) if args.html else None)
     print(summary)
+
+
+def cmd_check_config(args):
+    """What `snakemake` checks at parse time, without Snakemake: Snakemake reads --configfile
+    files before the workflow runs and reports a YAML error without the file or line."""
+    from dowser.spec import build_grid, model_params_b, read_config_file, validate_config
+
+    def merge(base: dict, new: dict) -> dict:  # Snakemake's update_config: nested mappings merge
+        for key, value in new.items():
+            base[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) and isinstance(
+                base.get(key), dict) else value
+        return base
+
+    config: dict = {}
+    for path in [args.defaults, *args.configfile]:
+        config = merge(config, read_config_file(path))
+    validate_config(config, args.schema)
+    grid = build_grid(config)
+    print(f"ok: {len(grid.runs)} runs, {len(grid.masks)} masks, {len(grid.evals)} evaluations; "
+          f"model {model_params_b(config):g}B parameters for job sizing")
 
 
 def cmd_prepare_data(args):
@@ -278,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, required=True, help="this shard's index k in 0..score.shards-1")
     p.add_argument("--batch-size", type=int, default=8, help="probes per forward pass (default 8; no effect on "
                    "the scores)")
+    p.add_argument("--module-groups", type=int, default=1, help="score the modules in G groups, one pass over "
+                   "the probes each: 1/G of the fp32 accumulators on the device (default 1; same scores)")
     p = add("merge", cmd_merge, "sum the score shards into one scores.h5", "spec", "out")
     p.add_argument("--shards", nargs="+", required=True, help="every shard-<k>-of-<n>.h5 of the score spec")
     add("mask", cmd_mask, "build a method's trainable mask at budget rho", "spec", "scores", "model", "probes",
@@ -287,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="write a resumable checkpoint every N steps (runtime only: not in the run's spec; "
                    "default: finetune.train.checkpoint_every's default, 50)")
+    p.add_argument("--sharding", choices=("auto", "none", "fsdp"), default="auto",
+                   help="runtime only: fsdp shards parameters, gradients and optimizer state over the processes "
+                   "of `accelerate launch`; auto = fsdp when the job has more than one GPU (dowser.distributed)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="runtime only: recompute activations in backward (less memory, same weights)")
     p = add("evaluate", cmd_evaluate, "evaluate the base model or a run on every benchmark of the spec", "spec",
             "model", "run", "data", "out")
     p.add_argument("--batch-size", type=int, default=64, help="generation batch size (default 64)")
@@ -308,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N rows of every split (a smoke copy)")
     p.add_argument("--train-samples", type=int, default=10_000, help="first N train rows (0: no train split)")
     p.add_argument("--force", action="store_true", help="prepare again even if unchanged")
+    p = add("check-config", cmd_check_config, "check config files as the workflow does (names the file and line "
+            "of a YAML error)")
+    p.add_argument("--configfile", nargs="*", default=[], help="experiment config(s) over --defaults, as for snakemake")
+    p.add_argument("--defaults", default="config.yaml", help="the workflow's config.yaml (default: ./config.yaml)")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="the workflow's JSON schema")
+    from dowser import plan  # torch-free
+
+    p = add("plan", plan.run, "jobs, GPU-hours, peak GPU memory and bytes of a config's grid (no jobs run)")
+    plan.add_arguments(p)
     return parser
 
 
