@@ -58,6 +58,20 @@ def claims(summary: pd.DataFrame) -> list[dict]:
     return out
 
 
+def stage_seconds(work: Path) -> dict:
+    """Jobs and seconds per stage from every artifact's provenance.json (what each job spent
+    inside `dowser`, imports excluded); the basis of an estimate for another grid:
+    sum over stages of jobs x mean seconds, divided by the cores."""
+    out = {}
+    for prov in sorted((work / "results").glob("*/*/provenance.json")):
+        stage = prov.parent.parent.name
+        doc = json.loads(prov.read_text())
+        if doc.get("seconds") is not None:
+            out.setdefault(stage, []).append(float(doc["seconds"]))
+    return {k: {"jobs": len(v), "mean_s": round(sum(v) / len(v), 1), "total_s": round(sum(v), 1)}
+            for k, v in out.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configfile", nargs="*", default=[])
@@ -68,7 +82,8 @@ def main():
     extra = ["--configfile", *[str(Path(c).resolve()) for c in args.configfile]] if args.configfile else []
     seconds = run_pipeline(work, extra)
     summary = pd.read_parquet(work / "results/tables/summary.parquet")
-    doc = {"seconds": round(seconds, 1), "configfiles": args.configfile, "claims": claims(summary),
+    doc = {"seconds": round(seconds, 1), "configfiles": args.configfile, "stages": stage_seconds(work),
+           "claims": claims(summary),
            "summary": summary.drop(columns=["run"]).to_dict(orient="records")}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2, default=float) + "\n")
