@@ -177,3 +177,20 @@ def test_cli_plan_writes_the_docs_section(tmp_path, results, capsys):
     assert main(args[:-2] + ["--gradient-checkpointing"]) == 0
     assert "--gpu h100-80gb --gradient-checkpointing`." in capsys.readouterr().out
     assert main(args) == 0 and doc.read_text() == text  # rewriting the section is idempotent
+
+
+@pytest.mark.parametrize("section, extra", [
+    ("grid", []),
+    ("paper", ["--depths", "4", "8", "12", "16", "20", "24", "28", "32",
+               "--tasks", "coco-caption", "imagenet-r", "flickr30k", "iconqa"]),
+])
+def test_docs_tables_are_current(monkeypatch, capsys, section, extra):
+    """docs/cluster.md's generated sections are what `dowser plan` prints for the shipped config today."""
+    monkeypatch.chdir(ROOT)
+    assert P.main(["--configfile", "configs/llava-1.5-7b.yaml", *extra]) == 0
+    printed = capsys.readouterr().out
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    begin, end = P.BEGIN.format(section=section), P.END.format(section=section)
+    assert text.split(begin, 1)[1].split(end, 1)[0] == "\n" + printed, (
+        f"docs/cluster.md is stale: run dowser plan --configfile configs/llava-1.5-7b.yaml {' '.join(extra)} "
+        f"--write docs/cluster.md --section {section}")
