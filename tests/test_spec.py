@@ -32,8 +32,8 @@ def test_content_id_is_sha256_of_canonical_json():
 
 def test_default_grid_shape():
     g = build_grid(CONFIG)
-    # full: 2 tasks x 2 depths; dowser: 4; random: 3 seeds x 4
-    assert len(g.runs) == 4 + 4 + 12
+    # full: 2 tasks x 1 depth; dowser: 2; random: 3 seeds x 2
+    assert len(g.runs) == 2 + 2 + 6
     assert len(g.evals) == len(g.runs) + 1
     assert len(g.masks) == 1 + 3
     assert {r.method for r in g.runs.values()} == {"full", "dowser", "random"}
@@ -98,7 +98,7 @@ def test_spelling_defaults_out_changes_no_id():
     base = build_grid(CONFIG)
     defaults = {f: getattr(TrainConfig(), f) for f in ("grad_accum", "warmup_ratio", "max_grad_norm",
                                                         "mixed_precision")}
-    train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.01, "epochs": 3}
+    train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.003, "epochs": 6}  # config.yaml's
     spelled = cfg(finetune__train=train, model__dtype="float32")
     assert all_ids(build_grid(spelled)) == all_ids(base)
     # numbers take the field's type before hashing: lr 1 and 1.0 are one run
