@@ -162,7 +162,9 @@ def md_table(df: pd.DataFrame, digits: int = 2) -> str:
     def cell(v):
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
             return ""
-        return f"{v:.{digits}f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+        if isinstance(v, float):  # small numbers (lr, p, norm ratios) by significant digits
+            return f"{v:.3g}" if 0 < abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+        return str(v)
 
     head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
     return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in df.itertuples(index=False))
@@ -193,7 +195,7 @@ def render(results: Path, frac: float = 0.9) -> str:
         out += ["## Recipe\n", f"Rule (config.yaml): the smallest lr, then fewest epochs, at which Full-FT reaches "
                 f"≥ {frac:.0%} of its best A_down over the sweep, per (task, L); the largest of those choices. "
                 f"Result: lr {recipe['lr']:g}, {recipe['epochs']} epochs.\n", md_table(table),
-                "\nFull-FT over the sweep:\n", md_table(shown(summary[summary.method == "full"]))]
+                "\nFull-FT over the sweep:\n", md_table(shown(summary[summary.method == "full"].sort_values(["task", "L", *RECIPE])))]
     layout = layout_table(summary, "H")
     if not layout.empty:
         out += ["\n## Dowser vs Random (paper Table 4 layout)\n", "H, mean ± sd over seeds (Random: mask seeds; "
