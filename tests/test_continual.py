@@ -67,10 +67,13 @@ def test_mask_recompute_scores_each_start_model_keep_reuses_the_base_mask():
     assert rec.probes[rec.scores[m2.score].probe].model == r2.model
     assert (r1.mask_mode, chain(rec, "full")[0].mask) == ("recompute", None)
     keep = grid(cfg(mask="keep"))
-    k1, k2 = chain(keep, "dowser")
+    k1, k2 = chain(keep, "dowser-keep")
     assert k1.mask == k2.mask and keep.masks[k1.mask].model == base and len(keep.scores) == 1
     assert k1.mask == r1.mask and k1.mask_mode == "keep"
     assert grid(cfg()).runs == rec.runs  # recompute is the default (what App. H implies)
+    both = grid(cfg(mask=["recompute", "keep"]))
+    assert set(both.chains) == {"full", "dowser", "dowser-keep"}
+    assert both.chains["dowser"] == rec.chains["dowser"] and both.chains["dowser-keep"] == keep.chains["dowser-keep"]
 
 
 def test_random_gets_a_chain_per_seed_and_the_recipe_is_the_main_grids():

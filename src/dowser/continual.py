@@ -84,6 +84,17 @@ class ContinualGrid:
     chains: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # label -> run ids in order
 
 
+def mask_modes(c: dict) -> list[str]:
+    """continual.mask: one mode or a list (both: one chain per mode for each masked method)."""
+    modes = c.get("mask", DEFAULT_MASK_MODE)
+    return [modes] if isinstance(modes, str) else list(modes)
+
+
+def chain_label(method: str, seed: int | None, mode: str | None) -> str:
+    """dowser, dowser-keep, random-seed1, random-keep-seed1, full ..."""
+    return method + ("-keep" if mode == "keep" else "") + ("" if seed is None else f"-seed{seed}")
+
+
 def check_continual_config(config: dict, num_blocks: int | None = None) -> None:
     """Semantic checks the JSON schema cannot express; one line naming the key."""
     from dowser.tasks import get_task
@@ -105,8 +116,9 @@ def check_continual_config(config: dict, num_blocks: int | None = None) -> None:
             raise ValueError(f"continual.methods: unknown method '{method}'; known: {', '.join(METHODS)}")
         if traits(method).post_hoc:
             raise ValueError(f"continual.methods: '{method}' is post-hoc (it edits a Full-FT run, not a sequence)")
-    if c.get("mask", DEFAULT_MASK_MODE) not in MASK_MODES:
-        raise ValueError(f"continual.mask: '{c['mask']}' is not one of {', '.join(MASK_MODES)}")
+    for mode in mask_modes(c):
+        if mode not in MASK_MODES:
+            raise ValueError(f"continual.mask: '{mode}' is not one of {', '.join(MASK_MODES)}")
     if not 0.0 < float(c["rho"]) < 1.0:
         raise ValueError(f"continual.rho: {c['rho']} is outside (0, 1)")
     if num_blocks is not None and not 1 <= int(c["depth"]) <= int(num_blocks):
@@ -134,7 +146,7 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
     num_blocks = base.world["config"]["text_layers"] if base.source == "world" else config["model"].get("blocks")
     check_continual_config(config, num_blocks)
     c, ev = config["continual"], config["evaluate"]
-    mode = c.get("mask", DEFAULT_MASK_MODE)
+    modes = mask_modes(c)
     tmpl = _templates(config, c["methods"])
     if tmpl.model.id != base.id:
         raise ValueError("continual: the base model spec differs from the main grid's")
@@ -166,9 +178,9 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
     for method in c["methods"]:
         template_run = next(r for r in tmpl.runs.values() if r.method == method)
         masks = [m for m in tmpl.masks.values() if m.method == method] or [None]  # dense: no mask
-        for template in masks:
+        for template, mode in [(m, x) for m in masks for x in (modes if m is not None else [None])]:
             seed = template.seed if template is not None else None
-            label = method if seed is None else f"{method}-seed{seed}"
+            label = chain_label(method, seed, mode)
             start, previous, chain = base.id, None, []
             for step, task in enumerate(tasks, start=1):
                 mask = None if template is None else mask_for(template, start if mode == "recompute" else base.id)
@@ -233,7 +245,7 @@ def accuracy_matrix(eval_docs: list[dict]):
         r = doc["run"]
         if not r:
             continue
-        label = r["method"] if r.get("seed") is None else f"{r['method']}-seed{r['seed']}"
+        label = chain_label(r["method"], r.get("seed"), r.get("mask_mode"))
         train = r.get("train") or {}
         key = {"label": label, "method": r["method"], "rho": r.get("rho"), "seed": r.get("seed"),
                "mask_mode": r.get("mask_mode"), "L": r.get("depth"), "lr": train.get("lr"),
