@@ -121,6 +121,6 @@ def test_update_norm_ratio_brute_force(tmp_path):
     expect = np.sqrt(float((0.5 * w1.double()).pow(2).sum()) + 1e-4 * len(index)) / np.sqrt(
         float(w1.double().pow(2).sum() + w2.double().pow(2).sum()))
     assert update_norm_ratio(tmp_path, SHIPPED_DIR) == pytest.approx(expect, rel=1e-6)  # float32 deltas
-    (tmp_path / "update.json").write_text(json.dumps({"update_norm_ratio": 0.25}))
+    (tmp_path / "run.json").write_text(json.dumps({"update_norm_ratio": 0.25}))
     assert update_norm_ratio(tmp_path, SHIPPED_DIR) == 0.25  # the fine-tune's own number wins
     assert np.isnan(update_norm_ratio(tmp_path / "missing", SHIPPED_DIR))

@@ -84,7 +84,7 @@ def update_norm_ratio(run_dir: Path, model_dir: Path) -> float:
     """||ΔW||_F / ||W||_F over the run's trainable modules (all of them pooled). Read from the
     run's own files when the fine-tune wrote it, else computed from delta.safetensors and the
     base model; NaN when neither is on disk."""
-    for name in ("update.json", "trainable.json"):
+    for name in ("run.json",):  # written by dowser.finetune (same definition)
         f = run_dir / name
         if f.is_file():
             value = json.loads(f.read_text()).get("update_norm_ratio")
