@@ -143,9 +143,10 @@ def test_merge_rejects_bad_shards(tmp_path):
         merge_shards([paths[0], other[1], paths[2]], tmp_path / "m.h5")
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(paths[1].read_bytes()[:500])
-    with pytest.raises(ValueError, match="corrupt or unreadable HDF5 shard"):
+    with pytest.raises(ValueError, match="corrupt.h5: corrupt score shard \\(unreadable HDF5"):
         merge_shards([paths[0], corrupt, paths[2]], tmp_path / "m.h5")
     assert not (tmp_path / "m.h5").exists()
+    assert not corrupt.exists() and (tmp_path / "corrupt.h5.corrupt").exists()  # moved aside: rebuilt next run
 
 
 def test_score_file_of_another_model_is_rejected(tmp_path):
@@ -175,3 +176,19 @@ def test_bf16_model_accumulates_in_fp32():
         assert v.dtype == torch.float32 and torch.isfinite(v).all()
         rel = (v - s32[name]).norm() / s32[name].norm()
         assert rel < 0.05, (name, float(rel))  # bf16 activations, fp32 sums
+
+
+@pytest.mark.parametrize("aggregate", ["outer", "factored"])
+def test_module_groups_give_the_same_scores(llama64, aggregate):
+    """--module-groups G: G passes over the probes, each scoring 1/G of the modules."""
+    from dowser.score import module_groups
+
+    one = accumulate_scores(llama64, PROBES, list(range(4)), ScoreConfig(draws=2, aggregate=aggregate))
+    three = accumulate_scores(llama64, PROBES, list(range(4)), ScoreConfig(draws=2, aggregate=aggregate,
+                                                                          module_groups=3))
+    for part in one:
+        assert list(one[part]) == list(three[part])
+        for name in one[part]:
+            torch.testing.assert_close(one[part][name], three[part][name], rtol=0, atol=0)
+    groups = module_groups(scored_modules(llama64), 3)
+    assert len(groups) == 3 and sum(groups, []) == scored_modules(llama64)

@@ -63,3 +63,36 @@ def test_real_data_scores_with_images():
     for n in names:
         assert torch.isfinite(one["outer"][n]).all() and one["outer"][n].sum() > 0
         torch.testing.assert_close(one["outer"][n], three["outer"][n], rtol=1e-5, atol=1e-8)
+
+
+def test_spearman_equals_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    from dowser.stability import _spearman
+
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 5, 400).astype(float), rng.integers(0, 7, 400) + rng.random(400)
+    assert abs(_spearman(x, y) - spearmanr(x, y).statistic) < 1e-12
+
+
+def test_random_floor_is_the_dense_random_ranking():
+    """The streamed floor draws what `default_rng([seed, 0x57AB]).random(shape)` per module drew."""
+    a, b = scores(0), scores(1)
+    rng = np.random.default_rng([4, 0x57AB])
+    dense = {k: rng.random(v.shape) for k, v in a.items()}
+    t = stability_table(a, b, top=0.1, seed=4)
+    ref = compare(a, dense, 0.1)
+    np.testing.assert_allclose(t.random_hamming, ref.hamming)
+    np.testing.assert_allclose(t.random_spearman, ref.spearman)
+
+
+def test_pooled_spearman_on_a_sample_beyond_the_cap(monkeypatch):
+    import dowser.stability as st
+
+    a = scores(0)
+    b = {k: v + 0.3 * np.random.default_rng(9).random(v.shape) for k, v in a.items()}
+    exact = compare(a, b).iloc[-1]
+    monkeypatch.setattr(st, "POOLED_SAMPLE", 1500)  # 2600 entries: sampled
+    approx = compare(a, b).iloc[-1]
+    assert approx.spearman != exact.spearman and abs(approx.spearman - exact.spearman) < 0.03
+    assert approx.hamming == exact.hamming  # the Hamming distance is always exact

@@ -12,20 +12,28 @@ so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (METHOD.md §1
 `factored` keeps a_n = sum_t s_t and b_n = mean_t |h_t| per probe and rebuilds
 |W| * mean_n a_n b_n^T at merge. xi for probe k is drawn from a generator seeded by
 (spec seed, k), so scores do not depend on the shard count or the batch size.
+
+Cost (benchmarks/score_overhead.py): the R gradients of all scored outputs come back from
+one `torch.autograd.grad` call per draw and are accumulated with `torch._foreach_*` ops,
+not by one Python tensor hook per module and draw (that hook cost dominated small
+models); `outer` adds s^T|H| with one `addmm_` per module and batch. Memory: `outer`
+keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 52 GB for
+13B); `module_groups: G` scores 1/G of the modules per pass over the probes (G passes,
+the same numbers), so 13B fits an 80 GB GPU with G = 2. Storage: `dowser.scorefile`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
-import h5py
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from dowser.models import model_fingerprint, scored_modules
+from dowser.models import scored_modules
+
+# Shards, merge and merged score files (provenance, checksums): dowser.scorefile, re-exported.
+from dowser.scorefile import load_scores, merge_shards, open_scores, sha256_array, write_shard  # noqa: F401
 
 ESTIMATORS = ("l1", "l2")
 AGGREGATES = ("outer", "factored")
@@ -50,6 +58,9 @@ class ScoreConfig:
     output: str = "logits"
     seed: int = 0
     batch_size: int = 8
+    # Runtime only (not in the spec: each module's statistic is the same): score the modules
+    # in this many groups, one pass over the probes each, to bound the accumulators' memory.
+    module_groups: int = 1
 
     def __post_init__(self):
         for key, value, allowed in (
@@ -61,17 +72,20 @@ class ScoreConfig:
                 raise ValueError(f"score.{key}: '{value}' is not one of {', '.join(allowed)}")
         if self.draws < 1:
             raise ValueError(f"score.draws: {self.draws} must be >= 1")
+        if self.module_groups < 1:
+            raise ValueError(f"--module-groups: {self.module_groups} must be >= 1")
 
 
 class _Capture:
-    """Forward hooks keep |h| per scored linear; tensor hooks accumulate |g| or g^2."""
+    """Forward hooks keep each scored linear's |h| (accumulator dtype) and its output tensor,
+    whose gradients `torch.autograd.grad` then returns all at once."""
 
-    def __init__(self, model, modules, estimator, dtype):
-        self.estimator, self.dtype = estimator, dtype
-        self.abs_h, self.acc, self.handles = {}, {}, []
+    def __init__(self, model, names, dtype):
+        self.dtype = dtype
+        self.abs_h, self.out, self.handles = {}, {}, []
         named = dict(model.named_modules())
-        for m in modules:
-            self.handles.append(named[m.name].register_forward_hook(self._forward_hook(m.name)))
+        for name in names:
+            self.handles.append(named[name].register_forward_hook(self._forward_hook(name)))
         emb = model.get_input_embeddings()
         # Nothing requires grad in a frozen model: make the embedding output a leaf that does,
         # so every z below it is in the graph.
@@ -80,23 +94,30 @@ class _Capture:
     def _forward_hook(self, name):
         def hook(module, inputs, output):
             self.abs_h[name] = inputs[0].detach().abs().to(self.dtype)
-
-            def grad_hook(g):
-                g = g.detach().to(self.dtype)
-                g = g.abs() if self.estimator == "l1" else g.square()
-                self.acc[name] = self.acc[name] + g if name in self.acc else g
-
-            output.register_hook(grad_hook)
+            self.out[name] = output
 
         return hook
 
     def reset(self):
         self.abs_h.clear()
-        self.acc.clear()
+        self.out.clear()
 
     def remove(self):
         for h in self.handles:
             h.remove()
+
+
+def module_groups(modules, k: int) -> list[list]:
+    """`modules` in k contiguous groups of about equal weight count (no group empty)."""
+    k = min(k, len(modules))
+    sizes = [m.shape[0] * m.shape[1] for m in modules]
+    total, groups, done = sum(sizes), [[]], 0
+    for m, n in zip(modules, sizes):
+        if groups[-1] and len(groups) < k and done >= total * len(groups) / k:
+            groups.append([])
+        groups[-1].append(m)
+        done += n
+    return groups
 
 
 def _pad(batch_ids: list[list[int]], pad_id: int, device):
@@ -122,48 +143,72 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
     """
     if not token_ids:
         raise ValueError("the probe set is empty: nothing to score")
-    modules = scored_modules(model)
     param = next(model.parameters())
     device = param.device
     # fp32 accumulators for fp32/bf16/fp16 models (METHOD.md §1); fp64 models (exactness tests) keep fp64.
     acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
-    cap = _Capture(model, modules, cfg.estimator, acc_dtype)
-    outer = {m.name: torch.zeros(m.shape, dtype=acc_dtype, device=device) for m in modules}
-    a_list = {m.name: [] for m in modules}
-    b_list = {m.name: [] for m in modules}
-    try:
-        for start in tqdm(range(0, len(token_ids), cfg.batch_size), desc="score", disable=not progress):
-            ids_b = token_ids[start : start + cfg.batch_size]
-            idx_b = probe_indices[start : start + cfg.batch_size]
-            ids, attn = _pad(ids_b, pad_id, device)
-            cap.reset()
-            with torch.enable_grad():
-                extra = {}
-                if pixel_values is not None:
-                    pix = torch.stack(pixel_values[start : start + cfg.batch_size]).to(device)
-                    extra["pixel_values"] = pix.to(param.dtype)
-                out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden", **extra)
-                f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
-                B, T, V = f.shape
-                for r in range(cfg.draws):
-                    xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
-                    for b, (k, x) in enumerate(zip(idx_b, ids_b)):
-                        xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
-                    torch.autograd.backward((xi * f).sum(), retain_graph=r < cfg.draws - 1)
-            tok = attn.unsqueeze(-1).to(acc_dtype)
-            for m in modules:
-                s = cap.acc[m.name] / cfg.draws
-                if cfg.estimator == "l2":
-                    s = s.sqrt()
-                s = s * tok
-                h = cap.abs_h[m.name] * tok
-                if cfg.aggregate == "outer":
-                    outer[m.name] += torch.einsum("bti,btj->ij", s, h)
-                else:
-                    a_list[m.name].append(s.sum(1))
-                    b_list[m.name].append(h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype))
-    finally:
-        cap.remove()
+    outer, a_list, b_list = {}, {}, {}
+    for group in module_groups(scored_modules(model), cfg.module_groups):
+        names = [m.name for m in group]
+        if cfg.aggregate == "outer":
+            outer.update({m.name: torch.zeros(m.shape, dtype=acc_dtype, device=device) for m in group})
+        else:
+            a_list.update({n: [] for n in names})
+            b_list.update({n: [] for n in names})
+        cap = _Capture(model, names, acc_dtype)
+        try:
+            for start in tqdm(range(0, len(token_ids), cfg.batch_size), desc="score", disable=not progress):
+                ids_b = token_ids[start : start + cfg.batch_size]
+                idx_b = probe_indices[start : start + cfg.batch_size]
+                ids, attn = _pad(ids_b, pad_id, device)
+                cap.reset()
+                with torch.enable_grad():
+                    extra = {}
+                    if pixel_values is not None:
+                        pix = torch.stack(pixel_values[start : start + cfg.batch_size]).to(device)
+                        extra["pixel_values"] = pix.to(param.dtype)
+                    out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden",
+                                **extra)
+                    f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
+                    outs = [cap.out[n] for n in names]
+                    B, T, V = f.shape
+                    acc = None
+                    for r in range(cfg.draws):
+                        xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
+                        for b, (k, x) in enumerate(zip(idx_b, ids_b)):
+                            xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
+                        grads = torch.autograd.grad((xi * f).sum(), outs, retain_graph=r < cfg.draws - 1,
+                                                    materialize_grads=True)
+                        grads = [g.to(acc_dtype) for g in grads]
+                        if cfg.estimator == "l1":
+                            g_abs = torch._foreach_abs(grads)
+                            if acc is None:
+                                acc = g_abs
+                            else:
+                                torch._foreach_add_(acc, g_abs)
+                        elif acc is None:
+                            acc = torch._foreach_mul(grads, grads)
+                        else:
+                            torch._foreach_addcmul_(acc, grads, grads)
+                    del out, f, outs, grads
+                tok = attn.unsqueeze(-1).to(acc_dtype)
+                for name, s in zip(names, acc):
+                    h = cap.abs_h[name] * tok  # padded positions add nothing
+                    if cfg.aggregate == "outer":
+                        if cfg.estimator == "l2":
+                            s, alpha = s.div_(cfg.draws).sqrt_(), 1.0
+                        else:
+                            alpha = 1.0 / cfg.draws
+                        outer[name].addmm_(s.reshape(-1, s.shape[-1]).T, h.reshape(-1, h.shape[-1]), alpha=alpha)
+                    else:
+                        s = s.div_(cfg.draws)
+                        s = (s.sqrt_() if cfg.estimator == "l2" else s) * tok
+                        a_list[name].append(s.sum(1))
+                        b_list[name].append(h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype))
+                del acc
+                cap.reset()
+        finally:
+            cap.remove()
     if cfg.aggregate == "outer":
         return {"outer": outer}
     return {"a": {k: torch.cat(v) for k, v in a_list.items()}, "b": {k: torch.cat(v) for k, v in b_list.items()}}
@@ -177,122 +222,23 @@ def score_model(model, probes, draws: int = 8, estimator: str = "l1", aggregate:
     token_ids = [list(x) for x in probes["token_ids"]]
     indices = [int(i) for i in probes["probe_index"]]
     stats = accumulate_scores(model, token_ids, indices, cfg, pad_id, progress)
-    weights = {m.name: dict(model.named_modules())[m.name].weight for m in scored_modules(model)}
-    return finalize(stats, {k: w.detach().abs().to(torch.float64) for k, w in weights.items()}, len(indices))
+    named = dict(model.named_modules())
+    return finalize(stats, {m.name: named[m.name].weight for m in scored_modules(model)}, len(indices))
 
 
 def finalize(stats: dict, abs_w: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """{module: |W| * statistic / n} on the CPU, one module at a time, in the accumulators'
+    dtype (fp32; fp64 for fp64 models): no float64 copy of every score (issue 11).
+    `abs_w`: {module: W or |W|} (the absolute value is taken here)."""
+    out = {}
     if "outer" in stats:
-        return {k: abs_w[k].cpu() * v.cpu().double() / n for k, v in stats["outer"].items()}
-    return {k: abs_w[k].cpu() * (stats["a"][k].T.cpu().double() @ stats["b"][k].cpu().double()) / n
-            for k in stats["a"]}
-
-
-def sha256_array(x: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-
-
-def write_shard(path, model, stats: dict, probe_indices: list[int], probe_total: int, spec_json: str) -> None:
-    """One HDF5 shard: a group per scored module; sums (outer) or per-probe vectors (factored)."""
-    weights = dict(model.named_modules())
-    with h5py.File(path, "w") as f:
-        f.attrs["spec"] = spec_json
-        f.attrs["probe_total"] = probe_total
-        f.attrs["fingerprint"] = json.dumps(model_fingerprint(model), sort_keys=True)
-        f.create_dataset("probe_indices", data=np.asarray(probe_indices, dtype=np.int64))
-        for name in (stats["outer"] if "outer" in stats else stats["a"]):
-            g = f.create_group(name)
-            abs_w = weights[name].weight.detach().abs().float().cpu()
-            if "outer" in stats:
-                data = {"score_sum": (abs_w * stats["outer"][name].cpu()).numpy()}
-            else:
-                data = {"a": stats["a"][name].cpu().numpy(), "b": stats["b"][name].cpu().numpy(),
-                        "abs_w": abs_w.numpy()}
-            for key, arr in data.items():
-                if not np.isfinite(arr).all():
-                    raise ValueError(f"{name}: the {key} score contains NaN or inf")
-                g.create_dataset(key, data=arr.astype(np.float32))
-                g.attrs[f"sha256_{key}"] = sha256_array(arr.astype(np.float32))
-            g.attrs["shape"] = list(abs_w.shape)
-
-
-def _open(path):
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise ValueError(f"{path}: corrupt or unreadable HDF5 shard ({e})") from None
-
-
-def merge_shards(paths, out_path) -> None:
-    """Check the shards belong together (same spec, disjoint and complete probes), then average."""
-    if not paths:
-        raise ValueError("no score shards to merge")
-    spec = total = fingerprint = None
-    seen: dict[int, str] = {}
-    sums: dict[str, np.ndarray] = {}
-    a_parts: dict[str, list] = {}
-    b_parts: dict[str, list] = {}
-    abs_w: dict[str, np.ndarray] = {}
-    for path in paths:
-        with _open(path) as f:
-            if spec is None:
-                spec, total, fingerprint = f.attrs["spec"], int(f.attrs["probe_total"]), f.attrs["fingerprint"]
-            elif f.attrs["spec"] != spec:
-                raise ValueError(f"{path}: shard of another score spec than {paths[0]}")
-            elif f.attrs["fingerprint"] != fingerprint:
-                raise ValueError(f"{path}: shard of another model (module names or shapes differ)")
-            for i in f["probe_indices"][()].tolist():
-                if i in seen:
-                    raise ValueError(f"{path}: probe {i} is also in {seen[i]} (overlapping shards)")
-                seen[i] = str(path)
-            for name, g in f.items():
-                if not isinstance(g, h5py.Group):
-                    continue
-                for key, ds in g.items():
-                    arr = ds[()]
-                    if sha256_array(arr) != g.attrs[f"sha256_{key}"]:
-                        raise ValueError(f"{path}: {name}/{key} does not match its checksum (corrupt shard)")
-                    if not np.isfinite(arr).all():
-                        raise ValueError(f"{path}: {name}/{key} contains NaN or inf")
-                    if key == "score_sum":
-                        sums[name] = sums[name] + arr.astype(np.float64) if name in sums else arr.astype(np.float64)
-                    elif key == "a":
-                        a_parts.setdefault(name, []).append(arr)
-                    elif key == "b":
-                        b_parts.setdefault(name, []).append(arr)
-                    else:
-                        abs_w[name] = arr
-    missing = sorted(set(range(total)) - set(seen))
-    if missing:
-        raise ValueError(f"probe indices missing from the shards: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if a_parts:
-        for name in a_parts:
-            a, b = np.concatenate(a_parts[name]).astype(np.float64), np.concatenate(b_parts[name]).astype(np.float64)
-            sums[name] = abs_w[name] * (a.T @ b)
-    with h5py.File(out_path, "w") as f:
-        f.attrs["spec"] = spec
-        f.attrs["probe_count"] = total
-        f.attrs["fingerprint"] = fingerprint
-        for name, s in sums.items():
-            score = (s / total).astype(np.float32)
-            ds = f.create_dataset(name, data=score)
-            ds.attrs["sha256"] = sha256_array(score)
-
-
-def load_scores(path, model=None) -> dict[str, np.ndarray]:
-    """Merged scores {module: S}; with `model`, check the file belongs to it."""
-    with _open(path) as f:
-        if model is not None:
-            expected = json.dumps(model_fingerprint(model), sort_keys=True)
-            if f.attrs["fingerprint"] != expected:
-                raise ValueError(f"{path}: score file of another model (module names or shapes differ)")
-        out = {}
-        for name, ds in f.items():
-            arr = ds[()]
-            if sha256_array(arr) != ds.attrs["sha256"]:
-                raise ValueError(f"{path}: {name} does not match its checksum (corrupt score file)")
-            out[name] = arr
+        for k, v in stats["outer"].items():
+            out[k] = (abs_w[k].detach().to(v.device, v.dtype).abs() * v / n).cpu()
         return out
+    for k, a in stats["a"].items():
+        stat = a.T @ stats["b"][k]
+        out[k] = (abs_w[k].detach().to(stat.device, stat.dtype).abs() * stat / n).cpu()
+    return out
 
 
 # ============================================================ official preset (score.preset: official) ====

@@ -25,7 +25,9 @@ rule merge_scores:
     input:
         get_shards,
     output:
-        "results/scores/{score}/scores.h5",
+        # update(): Snakemake keeps the previous scores.h5 while the merge runs and restores it if
+        # the merge fails (a corrupt shard is moved aside by `dowser merge` and rebuilt next run)
+        update("results/scores/{score}/scores.h5"),
     log:
         "logs/merge/{score}.log",
     params:

@@ -3,7 +3,7 @@
 Source: the paper, Section 3.3; the score is `dowser.score` (Theorem 3.1, Eq. 4-6).
 """
 
-from dowser.mask import build_masks
+from dowser.mask import MaskSet
 from dowser.methods import MaskContext, Method, register
 
 
@@ -13,4 +13,5 @@ class Dowser(Method):
     def build_mask(self, ctx: MaskContext):
         if ctx.scores is None:
             raise ValueError("method 'dowser' needs a merged score file")
-        return build_masks(ctx.scores, ctx.rho, ctx.scope, ctx.selection, ctx.rule)
+        # computed module by module as the mask stage writes them (ctx.scores: HDF5 sources)
+        return MaskSet(ctx.scores, ctx.rho, ctx.scope, ctx.selection, ctx.rule)
