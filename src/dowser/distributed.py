@@ -54,14 +54,25 @@ def make_accelerator(model, mixed_precision: str, sharding: str = "auto"):
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
-    state = PartialState()
+    cpu = not torch.cuda.is_available()  # accelerate finds a gloo process group on CPU only when told
+    state = PartialState(cpu=cpu)
     # AcceleratorState is a per-process singleton: a second run in the same process (tests, an API
     # user's loop) may need another precision or plugin. The process group (PartialState) stays.
     AcceleratorState._reset_state(reset_partial_state=False)
     mode = resolve_sharding(sharding, state.num_processes, torch.cuda.is_available())
     precision = precision_for(model, mixed_precision)
     plugin = fsdp_plugin(model, precision) if mode == "fsdp" else None
-    return Accelerator(mixed_precision=precision, fsdp_plugin=plugin), mode
+    acc = Accelerator(cpu=cpu, mixed_precision=precision, fsdp_plugin=plugin)
+    if plugin is not None and getattr(acc.state, "fsdp_plugin", None) is None:
+        # accelerate switches to FSDP for accelerator backends only; on a CPU (gloo) process group
+        # (the tests) set the state it would set, so the same fully_shard path runs.
+        from accelerate.utils import DistributedType
+
+        acc.state.distributed_type = DistributedType.FSDP
+        if precision != "no":
+            plugin.set_mixed_precision(precision)
+        acc.state.fsdp_plugin = plugin
+    return acc, mode
 
 
 def unwrap_params(opt) -> list:
@@ -77,12 +88,30 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.cpu().clone()
 
 
-def load_into(p: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy a full tensor into a parameter, or into this process's shard of it."""
-    if hasattr(p, "device_mesh"):
+def shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A full tensor laid out as `p` is: this process's shard (a DTensor) under FSDP, else itself.
+    A collective under FSDP: every process calls it, in the same order."""
+    if hasattr(p, "device_mesh") and tuple(value.shape) == tuple(p.shape):
         from torch.distributed.tensor import distribute_tensor
 
-        value = distribute_tensor(value.to(p.dtype), p.device_mesh, p.placements).to_local()
-        p.to_local().copy_(value)
+        return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+    return value
+
+
+def load_into(p: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a full tensor into a parameter (or into this process's shard of it)."""
+    value = shard_like(p, value.to(p.dtype))
+    if hasattr(value, "to_local"):
+        p.to_local().copy_(value.to_local())
     else:
-        p.copy_(value.to(p.device, p.dtype))
+        p.copy_(value.to(p.device))
+
+
+def unshard_all(model) -> None:
+    """Gather every FSDP shard back into whole parameters (end of training: the delta and a
+    post-train step read whole weights). A collective; no-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()

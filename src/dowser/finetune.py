@@ -102,7 +102,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     """Train one run. `stop_after` (tests) stops after that many optimizer steps, as a kill would;
     `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
     the result (runtime options, not in the spec)."""
-    from dowser.distributed import make_accelerator, unwrap_params
+    from dowser.distributed import make_accelerator, unshard_all, unwrap_params
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -141,6 +141,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))  # stepped by hand, once
     model, opt = acc.prepare(model, opt)
     params = unwrap_params(opt)
+    sharded = any(hasattr(p, "device_mesh") for p in params)  # FSDP holds DTensor shards
     model.train()
     method.before_train(model, params)  # before a resume loads: the model still holds theta_pre
 
@@ -188,6 +189,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
             return {"stopped_at": step + 1}
 
     model = acc.unwrap_model(model)
+    if sharded:
+        unshard_all(model)
     model.eval()
     method.post_train(model, None)
     state = delta_state(model, depth, vectors=cfg.train_norms)
@@ -200,7 +203,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
     summary = {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable,
                "update_norm_ratio": update_norm_ratio(base, state), "torch_threads": torch.get_num_threads(),
-               "num_processes": acc.num_processes, "sharding": mode, "pretokenized": data.pretokenized}
+               "num_processes": acc.num_processes, "sharding": mode, "sharded": sharded,
+               "pretokenized": data.pretokenized}
     write_json(out_dir / "run.json", summary)
     write_spec(out_dir, json.dumps(spec), started)
     if ckpt.exists():
@@ -304,7 +308,7 @@ def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, m
 
 
 def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[int, list]:
-    from dowser.distributed import load_into
+    from dowser.distributed import load_into, shard_like
 
     meta = json.loads((ckpt / "state.json").read_text())
     tensors = load_file(str(ckpt / "state.safetensors"))
@@ -312,10 +316,9 @@ def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[
         for i, p in enumerate(params):
             load_into(p, tensors[f"param.{i}"])
     state: dict = {}
-    for key, t in tensors.items():
-        if key.startswith("optimizer."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = t
+    for key in sorted(k for k in tensors if k.startswith("optimizer.")):  # one order on every process
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = shard_like(params[int(i)], tensors[key])
     for key, value in meta["optimizer_scalars"].items():
         i, name = key.split(".", 1)
         state.setdefault(int(i), {})[name] = value
@@ -323,7 +326,9 @@ def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[
     sched.load_state_dict(meta["scheduler"])
     method_state: dict = {}
     for key in sorted((k for k in tensors if k.startswith("method.")), key=lambda k: int(k.rsplit(".", 1)[1])):
-        method_state.setdefault(key.split(".")[1], []).append(tensors[key])
+        j = int(key.rsplit(".", 1)[1])
+        method_state.setdefault(key.split(".")[1], []).append(shard_like(params[j], tensors[key]) if j < len(params)
+                                                               else tensors[key])
     method.load_state_dict(method_state)
     rng_file = ckpt / f"rng.{rank}.safetensors"
     if rng_file.exists():  # a run resumed on another process count restores what it can
