@@ -98,7 +98,7 @@ def test_spelling_defaults_out_changes_no_id():
     base = build_grid(CONFIG)
     defaults = {f: getattr(TrainConfig(), f) for f in ("grad_accum", "warmup_ratio", "max_grad_norm",
                                                         "mixed_precision")}
-    train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.003, "epochs": 6}  # config.yaml's
+    train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.01, "epochs": 6}  # config.yaml's
     spelled = cfg(finetune__train=train, model__dtype="float32")
     assert all_ids(build_grid(spelled)) == all_ids(base)
     # numbers take the field's type before hashing: lr 1 and 1.0 are one run
