@@ -190,6 +190,12 @@ def render(results: Path, frac: float = 0.9) -> str:
            md_table(pd.DataFrame([{"claim": f"{i}. {v.claim}", "verdict": v.verdict, "numbers": v.evidence}
                                   for i, v in enumerate(verdicts, 1)])),
            "\nThe rules behind each verdict are the `claim_*` functions of `dowser.findings`.\n"]
+    runs = summary[summary.method != "zero-shot"].fillna({"rho": 0.0})
+    cover = runs.groupby(["method", "task", "L", "rho", *RECIPE]).seed.agg(
+        runs="size", seeds=lambda x: ", ".join(str(v) for v in sorted(x.dropna().unique())) or "-").reset_index()
+    out += ["## What was measured\n", "Runs per (method, task, L, ρ, recipe) in the tables (no ρ: dense); the full "
+            "grids are configs/lr-grid.yaml, rho-sweep.yaml and depth-sweep.yaml, of which this is the part that was "
+            "run.\n", md_table(cover.replace({"rho": {0.0: np.nan}})), ""]
     recipe, table = choose_recipe(summary, frac)
     if len(summary[summary.method == "full"][RECIPE].drop_duplicates()) >= 2:
         out += ["## Recipe\n", f"Rule (config.yaml): the smallest lr, then fewest epochs, at which Full-FT reaches "
