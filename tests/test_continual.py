@@ -79,11 +79,11 @@ def test_mask_recompute_scores_each_start_model_keep_reuses_the_base_mask():
 def test_random_gets_a_chain_per_seed_and_the_recipe_is_the_main_grids():
     from dowser.spec import build_grid
 
-    c = cfg(methods=["random", "lora"], random_seeds=[0, 1], train={"lr": 0.02})
+    c = cfg(methods=["random", "lora"], random_seeds=[0, 1], train={"lr": 0.02}, mask=["recompute", "keep"])
     g = grid(c)
-    assert set(g.chains) == {"random-seed0", "random-seed1", "lora"}
+    assert set(g.chains) == {"random-seed0", "random-seed1", "lora"}  # a random mask is the same on any model
     r = chain(g, "random-seed1")
-    assert [g.masks[x.mask].seed for x in r] == [1, 1] and g.masks[r[1].mask].model == r[1].model
+    assert r[0].mask == r[1].mask and g.masks[r[1].mask].seed == 1 and r[1].mask_mode is None
     c["finetune"]["train"]["lr"] = 0.02
     main_run = next(iter(build_grid(c).runs.values()))
     assert all(x.train == main_run.train for x in g.runs.values())  # defaults filled as the main grid does

@@ -178,7 +178,12 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
     for method in c["methods"]:
         template_run = next(r for r in tmpl.runs.values() if r.method == method)
         masks = [m for m in tmpl.masks.values() if m.method == method] or [None]  # dense: no mask
-        for template, mode in [(m, x) for m in masks for x in (modes if m is not None else [None])]:
+        t = traits(method)
+        # a mask that reads neither scores, probes nor weights (random: shapes and seed) is the same on
+        # every model: one chain, built once on the base model
+        model_free = not (t.needs_scores or t.needs_probes or t.needs_model)
+        chain_modes = [None] if masks == [None] or model_free else modes
+        for template, mode in [(m, x) for m in masks for x in chain_modes]:
             seed = template.seed if template is not None else None
             label = chain_label(method, seed, mode)
             start, previous, chain = base.id, None, []
