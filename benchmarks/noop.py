@@ -51,9 +51,9 @@ def prepare(work: Path) -> None:
 
 OUR_SHARE = r"""
 import json, sys, time
+from snakemake.utils import update_config  # Snakemake's own, imported before any Snakefile runs
 t0 = time.perf_counter()
 from dowser.spec import build_grid, model_params_b, read_config_file, validate_config
-from snakemake.utils import update_config
 t_import = time.perf_counter()
 config = read_config_file("config.yaml")
 update_config(config, read_config_file(sys.argv[1]))
@@ -66,7 +66,7 @@ specs = [s.to_json() for s in [*grid.masks.values(), *grid.runs.values(), *grid.
 t_grid = time.perf_counter()
 print(json.dumps({"import_s": t_import - t0, "read_configs_s": t_read - t_import,
                   "validate_s": t_validate - t_read, "grid_s": t_grid - t_validate,
-                  "jsonschema_imported": "jsonschema" in sys.modules}))
+                  "total_s": t_grid - t0, "jsonschema_imported": "jsonschema" in sys.modules}))
 """
 
 
