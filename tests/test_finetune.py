@@ -46,6 +46,7 @@ def test_same_spec_same_threads_bit_identical(world, tmp_path):
         train(world, tmp_path / out, "full", checkpoint_every=2)
     assert deltas_equal(tmp_path / "a", tmp_path / "b")
     assert json.loads((tmp_path / "a/run.json").read_text())["torch_threads"] == torch.get_num_threads()
+    assert json.loads((tmp_path / "a/provenance.json").read_text())["torch_threads"] == torch.get_num_threads()
 
 
 def test_loss_averages_over_the_tokens_of_the_global_batch(world, tmp_path):
@@ -140,3 +141,11 @@ def test_bad_inputs(world, tmp_path):
     (tmp_path / "bad/delta.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt or unreadable checkpoint"):
         load_finetuned(world / "model", tmp_path / "bad")
+
+
+def test_gradient_checkpointing_gives_the_same_weights(world, tmp_path):
+    train(world, tmp_path / "plain", "dowser")
+    train(world, tmp_path / "ckpt", "dowser", gradient_checkpointing=True)
+    a, b = load_file(tmp_path / "plain/delta.safetensors"), load_file(tmp_path / "ckpt/delta.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)

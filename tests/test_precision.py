@@ -48,6 +48,18 @@ def updates(world, run_dir, names) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", ["full", "spider", "lora", "dowser"])
 def test_bf16_update_equals_the_fp32_update(world, tmp_path, method):
+    check_one_step(world, tmp_path, method)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["full", "dowser"])
+def test_bf16_update_on_cuda(world, tmp_path, method):
+    check_one_step(world, tmp_path, method)
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["device"].startswith("cuda")
+
+
+def check_one_step(world, tmp_path, method):
     spec = run_spec(method, params={"r": 4, "alpha": 8, "dropout": 0.0} if method == "lora" else None, **ONE_STEP)
     train(world, tmp_path / "fp32", spec=spec)
     from dowser.finetune import finetune

@@ -203,7 +203,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
     summary = {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable,
                "update_norm_ratio": update_norm_ratio(base, state), "torch_threads": torch.get_num_threads(),
-               "num_processes": acc.num_processes, "sharding": mode, "sharded": sharded,
+               "num_processes": acc.num_processes, "device": str(acc.device), "sharding": mode, "sharded": sharded,
                "pretokenized": data.pretokenized}
     write_json(out_dir / "run.json", summary)
     write_spec(out_dir, json.dumps(spec), started)
