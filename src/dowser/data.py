@@ -135,3 +135,16 @@ def collate(samples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, to
 def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Tokens the causal LM loss counts: labels shifted by one, -100 ignored (per sample)."""
     return (labels[:, 1:] != -100).sum(1)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Samples with their index (key `sample`), for per-sample state kept across epochs."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.data[i], "sample": torch.tensor([i])}

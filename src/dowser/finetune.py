@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dowser.artifacts import atomic_path, write_json, write_spec
-from dowser.data import SFTSamples, answer_tokens, collate, read_rows
+from dowser.data import Indexed, SFTSamples, answer_tokens, collate, read_rows
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
@@ -98,10 +98,11 @@ class GlobalBatches(torch.utils.data.Sampler):
 
 def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_path: Path | None = None,
              progress: bool = True, stop_after: int | None = None, checkpoint_every: int | None = None,
-             sharding: str = "auto", gradient_checkpointing: bool = False) -> dict:
+             sharding: str = "auto", gradient_checkpointing: bool = False, cache_prefix: bool = True) -> dict:
     """Train one run. `stop_after` (tests) stops after that many optimizer steps, as a kill would;
     `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
-    the result (runtime options, not in the spec)."""
+    the result (runtime options, not in the spec); `cache_prefix=False` (tests, benchmarks) runs the
+    frozen blocks in every step (`dowser.prefix`: same result up to float summation order)."""
     from dowser.distributed import make_accelerator, unshard_all, unwrap_params
 
     started = time.time()
@@ -115,7 +116,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     masks = None if method.dense else read_checked_masks(spec, mask_path)
     torch.manual_seed(cfg.seed)
     model, processor = load_artifact(model_path, device="cpu")  # accelerate places it
-    base = base_weights(model, depth, dense=method.dense)  # before any change: ||dW|| / ||W0|| at the end
+    acc, mode = make_accelerator(model, cfg.mixed_precision, sharding)
+    main = acc.is_main_process
+    # before any change: ||dW|| / ||W0|| at the end (the main process alone keeps W0 of dense methods)
+    base = base_weights(model, depth, dense=method.dense and main)
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks
     vectors = [p for _, p in block_vectors(model, depth)] if cfg.train_norms else []
     for p in vectors:
@@ -128,8 +132,6 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    acc, mode = make_accelerator(model, cfg.mixed_precision, sharding)
-    main = acc.is_main_process
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
         write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
@@ -152,9 +154,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         print(f"resumed from {ckpt} at step {start}/{total}")
     sampler.start = start * cfg.grad_accum
     pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
+    prefix = frozen_prefix(acc.unwrap_model(model), depth, data, pad_id, acc) if cache_prefix and not sharded else None
     from accelerate.data_loader import DataLoaderShard
 
-    loader = DataLoaderShard(data, device=acc.device, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id),
+    loader = DataLoaderShard(Indexed(data), device=acc.device, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id),
                              num_workers=0 if data.pretokenized else 2,
                              generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
     batches = iter(loader)
@@ -168,7 +171,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         for j, batch in enumerate(window):
             sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
             with sync:
-                loss = token_loss(model, batch)
+                loss = token_loss(model, batch, prefix)
                 # DDP / FSDP average gradients over processes: scale so the result is sum / count
                 acc.backward(loss * acc.num_processes / count.clamp(min=1))
             loss_sum += loss.detach()
@@ -204,7 +207,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     summary = {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable,
                "update_norm_ratio": update_norm_ratio(base, state), "torch_threads": torch.get_num_threads(),
                "num_processes": acc.num_processes, "device": str(acc.device), "sharding": mode, "sharded": sharded,
-               "pretokenized": data.pretokenized}
+               "pretokenized": data.pretokenized, "prefix_cached": prefix is not None}
     write_json(out_dir / "run.json", summary)
     write_spec(out_dir, json.dumps(spec), started)
     if ckpt.exists():
@@ -215,14 +218,35 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     return summary
 
 
-def token_loss(model, batch: dict) -> torch.Tensor:
+def token_loss(model, batch: dict, prefix=None) -> torch.Tensor:
     """Sum of the next-token cross-entropy over answer tokens (fp32 logits), not a mean: the caller
     divides by the global batch's count."""
-    labels = batch.pop("labels")
-    with recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
+    labels, samples = batch.pop("labels"), batch.pop("sample")
+    bypass = contextlib.nullcontext()
+    if prefix is not None:
+        prefix.current = samples.tolist()
+        bypass = prefix.bypass()
+    with bypass, recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
         logits = model(**batch).logits
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                              ignore_index=-100, reduction="sum")
+
+
+def frozen_prefix(model, depth: int, data, pad_id: int, acc, budget_bytes: int = 1 << 30):
+    """The frozen blocks' output per sample (`dowser.prefix`), when it fits the budget and nothing
+    random runs in those blocks; else None."""
+    from dowser.prefix import FrozenPrefix
+
+    prefix = FrozenPrefix(model, depth)
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    dropout = getattr(text, "attention_dropout", 0) or any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for b in prefix.blocks[: prefix.k] for m in b.modules())
+    if prefix.k == 0 or dropout or not data.pretokenized or prefix.estimate_bytes(model, data) > budget_bytes:
+        return None
+    model.eval()
+    prefix.fill(model, data, partial(collate, pad_id=pad_id), acc.device, acc.autocast)
+    model.train()
+    return prefix
 
 
 def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
@@ -261,6 +285,8 @@ def update_norm_ratio(base: dict, state: dict) -> float:
     for name, (w0, _) in base.items():
         if f"{name}.values" in state:
             change += float(state[f"{name}.values"].double().pow(2).sum())
+        elif w0 is None:
+            return float("nan")
         else:
             change += float((state[f"{name}.weight"].double() - w0.double()).pow(2).sum())
     norm = sum(sq for _, sq in base.values())
