@@ -15,6 +15,8 @@ batch (all processes, all accumulated micro-batches) divided by their count; the
 rate steps once per optimizer step. Under `accelerate launch` each process takes an
 interleaved share of every global batch (`GlobalBatches`), so N processes see the same
 samples per step as one; `sharding` ("auto": FSDP when several GPUs) is a runtime choice.
+Samples are tokenised once (`dowser.data.SFTSamples`) and, where they fit, the frozen blocks
+below the last L run once per sample (`dowser.prefix`), not once per epoch.
 
 Resume: a checkpoint (safetensors + JSON, no pickle) every `checkpoint_every` optimizer
 steps holds the fp32 masters, optimizer and method state, the schedule, the log and each
