@@ -82,7 +82,7 @@ class _Capture:
 
     def __init__(self, model, names, dtype):
         self.dtype = dtype
-        self.abs_h, self.out, self.handles = {}, {}, []
+        self.abs_h, self.out, self.handles, self._last = {}, {}, [], None
         named = dict(model.named_modules())
         for name in names:
             self.handles.append(named[name].register_forward_hook(self._forward_hook(name)))
@@ -93,7 +93,10 @@ class _Capture:
 
     def _forward_hook(self, name):
         def hook(module, inputs, output):
-            self.abs_h[name] = inputs[0].detach().abs().to(self.dtype)
+            x = inputs[0]
+            if self._last is None or self._last[0] is not x:  # q/k/v (gate/up) read one input: one |h|
+                self._last = (x, x.detach().abs().to(self.dtype))
+            self.abs_h[name] = self._last[1]
             self.out[name] = output
 
         return hook
@@ -101,6 +104,7 @@ class _Capture:
     def reset(self):
         self.abs_h.clear()
         self.out.clear()
+        self._last = None
 
     def remove(self):
         for h in self.handles:
@@ -181,19 +185,22 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                                                     materialize_grads=True)
                         grads = [g.to(acc_dtype) for g in grads]
                         if cfg.estimator == "l1":
-                            g_abs = torch._foreach_abs(grads)
-                            if acc is None:
-                                acc = g_abs
-                            else:
-                                torch._foreach_add_(acc, g_abs)
+                            if acc is None:  # new tensors: two outputs' gradients may be one tensor
+                                acc = torch._foreach_abs(grads)
+                            else:  # in place: no allocation (and page faults) per draw; abs is idempotent
+                                torch._foreach_abs_(grads)
+                                torch._foreach_add_(acc, grads)
                         elif acc is None:
                             acc = torch._foreach_mul(grads, grads)
                         else:
                             torch._foreach_addcmul_(acc, grads, grads)
                     del out, f, outs, grads
                 tok = attn.unsqueeze(-1).to(acc_dtype)
+                padded, masked = not bool(attn.all()), {}
                 for name, s in zip(names, acc):
-                    h = cap.abs_h[name] * tok  # padded positions add nothing
+                    h = cap.abs_h[name]
+                    if padded:  # padded positions add nothing (one masked copy per shared input)
+                        h = masked[id(h)] if id(h) in masked else masked.setdefault(id(h), h * tok)
                     if cfg.aggregate == "outer":
                         if cfg.estimator == "l2":
                             s, alpha = s.div_(cfg.draws).sqrt_(), 1.0
