@@ -143,3 +143,70 @@ def test_stability_stage_checks_both_score_specs(model, tmp_path, capsys):
     assert main(["stability", "--spec", ok.to_json(), "--a", str(tmp_path / f"{a.id}.h5"),
                  "--b", str(tmp_path / f"{b.id}.h5"), "--out", str(out)]) == 0
     assert out.exists()
+
+
+SNAKEFILE = '''
+SPEC = open("spec.json").read()
+
+rule all:
+    input: "s/scores.h5"
+
+rule score_shard:
+    output: "s/shard-{k}-of-2.h5"
+    shell: "python make_shard.py {wildcards.k} {output}"
+
+rule merge_scores:
+    input: expand("s/shard-{k}-of-2.h5", k=range(2))
+    output: update("s/scores.h5")  # as workflow/rules/score.smk
+    params: spec=SPEC
+    shell: "dowser merge --spec {params.spec:q} --shards {input} --out {output}"
+'''
+
+MAKE_SHARD = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from tinymodels import tiny_llama
+from dowser.score import ScoreConfig, accumulate_scores, write_shard
+k, out = int(sys.argv[1]), sys.argv[2]
+model = tiny_llama(torch.float32)
+idx = [i for i in range(4) if i % 2 == k]
+stats = accumulate_scores(model, [{probes!r}[i] for i in idx], idx, ScoreConfig(draws=2))
+write_shard(out, model, stats, idx, 4, {spec!r}, abs_w=k == 0)
+'''
+
+
+@pytest.mark.slow  # four snakemake runs (about 30 s on a quiet machine)
+def test_snakemake_rebuilds_a_corrupt_shard_and_keeps_the_scores(tmp_path):
+    """Through Snakemake: a corrupt shard fails the merge, the previous scores.h5 is restored
+    (update()) and kept, the shard is moved aside; when the scores are needed again the
+    shard is rebuilt and the merge gives the same scores."""
+    import subprocess
+    from pathlib import Path
+
+    spec = score_spec(shards=2)
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    (tmp_path / "make_shard.py").write_text(MAKE_SHARD.format(tests=str(Path(__file__).parent), probes=PROBES,
+                                                              spec=spec.to_json()))
+
+    def snakemake():
+        return subprocess.run(["snakemake", "--cores", "1", "--rerun-triggers", "mtime"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    assert snakemake().returncode == 0
+    scores, shard = tmp_path / "s" / "scores.h5", tmp_path / "s" / "shard-1-of-2.h5"
+    good = scores.read_bytes()
+    with h5py.File(shard, "r+") as f:  # corrupt and newer than scores.h5: the merge reruns
+        f[next(iter(f.keys() - {"probe_indices"}))]["score_sum"][0, 0] += 1.0
+    before = load_scores(scores)
+    failed = snakemake()
+    assert failed.returncode != 0 and "s/shard-1-of-2.h5: corrupt score shard" in failed.stderr
+    assert scores.read_bytes() == good  # restored, not deleted
+    assert not shard.exists() and shard.with_name(shard.name + ".corrupt").exists()
+    # The kept scores.h5 is newer than its inputs: nothing to do, nothing recomputed.
+    assert "Nothing to be done" in snakemake().stderr and scores.read_bytes() == good
+    scores.unlink()  # when the scores are needed again, the shard moved aside is rebuilt
+    again = snakemake()
+    assert again.returncode == 0 and "score_shard" in again.stderr and shard.exists()
+    after = load_scores(scores)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
