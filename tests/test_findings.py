@@ -24,6 +24,10 @@ def test_claim_random_verdicts():
     assert v.verdict == "mixed" and "in 3 of 3 cells" in v.evidence and "in 0 of 1" in v.evidence
     v = claim_random(rho_grid({0.1: 30.0, 0.5: 20.0, 0.9: 10.0}))  # Random ahead everywhere
     assert v.verdict == "not reproduced" and "Random ahead in 3" in v.evidence
+    v = claim_random(rho_grid({0.1: 20.0, 0.5: 50.5, 0.9: 49.0}))  # gap grows, nothing significant
+    assert v.verdict == "not reproduced" and "in 0 of 3 cells" in v.evidence
+    part = rho_grid({0.1: 48.0, 0.5: 49.0, 0.9: 80.0})  # significant in 1 of 3 cells
+    assert claim_random(part).verdict == "mixed"
     one = rho_grid({0.5: 70.0}, rhos=(0.5,))
     assert claim_random(one).verdict == "mixed" and "growth not measured" in claim_random(one).evidence
     assert claim_random(frame([row("full", 1.0, 2.0)])).verdict == "not yet measured"

@@ -66,7 +66,7 @@ def claim_random(summary: pd.DataFrame) -> Verdict:
     """2. Dowser beats Random at the same rho (p < 0.05) with a gap growing with rho: reproduced
     when p < 0.05 (Welch; the one-sample form where Welch is undefined) with Dowser ahead in a
     majority of cells AND Spearman(rho, gap) > 0 in a majority of (task, L, recipe) groups with
-    >= 2 rhos; not reproduced when neither holds; mixed otherwise."""
+    >= 2 rhos; not reproduced when no cell is significant; mixed otherwise."""
     claim = "Dowser beats Random at the same ρ (p < 0.05), with a gap growing with ρ"
     paired = paired_table(summary, ("H",))
     if paired.empty:
@@ -80,10 +80,9 @@ def claim_random(summary: pd.DataFrame) -> Verdict:
         if g.rho.nunique() >= 2:
             trends.append(spearman(g.rho, g.gap))
     grows = sum(1 for t in trends if t is not None and t > 0)
-    majority_sig = sig > n / 2
     growth = None if not trends else grows > len(trends) / 2
-    verdict = ("reproduced" if majority_sig and growth else
-               "not reproduced" if not majority_sig and not growth else "mixed")
+    # significance is the claim's core: no significant cell -> not reproduced, whatever the trend
+    verdict = ("reproduced" if sig > n / 2 and growth else "not reproduced" if sig == 0 else "mixed")
     trend_txt = (f"gap grows with ρ in {grows} of {len(trends)} (task, L, recipe) groups (Spearman "
                  + ", ".join("n/a" if t is None else f"{t:.2f}" for t in trends) + ")") if trends else "one ρ only: growth not measured"
     return Verdict(claim, verdict, f"Dowser ahead with p < {ALPHA} in {sig} of {n} cells, Random ahead in "
