@@ -16,5 +16,5 @@ if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout 360 python benchmarks/gpu_check.py "$@"
-timeout 120 python -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider \
+timeout 120 python -m pytest -m gpu tests/test_gpu.py tests/test_precision.py tests/test_finetune_distributed.py -q -p no:cacheprovider \
     --junitxml=benchmarks/results/gpu_tests.xml
