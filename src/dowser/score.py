@@ -17,9 +17,11 @@ Cost (benchmarks/score_overhead.py): the R gradients of all scored outputs come 
 one `torch.autograd.grad` call per draw and are accumulated with `torch._foreach_*` ops,
 not by one Python tensor hook per module and draw (that hook cost dominated small
 models); `outer` adds s^T|H| with one `addmm_` per module and batch. Memory: `outer`
-keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 52 GB for
-13B); `module_groups: G` scores 1/G of the modules per pass over the probes (G passes,
-the same numbers), so 13B fits an 80 GB GPU with G = 2. Storage: `dowser.scorefile`.
+keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 51 GB for
+LLaMA-13B's 12.7B scored weights, beside 26 GB of bf16 weights); `module_groups: G`
+(`dowser score --module-groups G`) scores 1/G of the modules per pass over the probes (G
+passes, the same numbers), so with G = 2 13B needs about 26 + 26 GB plus activations: an
+80 GB GPU on paper (not measured here). Storage: `dowser.scorefile`.
 """
 
 from __future__ import annotations
