@@ -192,3 +192,12 @@ def test_module_groups_give_the_same_scores(llama64, aggregate):
             torch.testing.assert_close(one[part][name], three[part][name], rtol=0, atol=0)
     groups = module_groups(scored_modules(llama64), 3)
     assert len(groups) == 3 and sum(groups, []) == scored_modules(llama64)
+
+
+def test_score_model_keeps_the_accumulator_dtype():
+    """The API's scores are fp32 for fp32/bf16 models (no float64 copy of every score); fp64 models keep fp64."""
+    s32 = score_model(tiny_llama(torch.float32).to(torch.bfloat16), probes_df(), draws=2)
+    s64 = score_model(tiny_llama(torch.float64), probes_df(), draws=2)
+    assert {v.dtype for v in s32.values()} == {torch.float32} and {v.dtype for v in s64.values()} == {torch.float64}
+    for name, v in s32.items():
+        torch.testing.assert_close(v.double(), s64[name], rtol=0.1, atol=1e-6)  # bf16 activations
