@@ -34,12 +34,18 @@ class WeightSource(Source):
         self._torch_dtype = torch.float64 if wide else torch.float32
 
     def chunks(self):
+        """Each chunk is valid until the next one is asked for: one buffer is reused (fresh torch
+        tensors per chunk left glibc's heap 2-3 modules larger; benchmarks/host_memory.py)."""
+        import torch
+
         rows = max(1, CHUNK // self.shape[1])
+        buf = torch.empty((min(rows, self.shape[0]), self.shape[1]), dtype=self._torch_dtype)
         for r in range(0, self.shape[0], rows):
-            block = self.weight.detach()[r : r + rows].to("cpu", self._torch_dtype).abs().numpy()
-            if self.col is not None:
-                block = block * self.col[None, :]
-            yield block.reshape(-1)
+            src = self.weight.detach()[r : r + rows]
+            block = buf[: src.shape[0]]
+            block.copy_(src).abs_()  # on the CPU, in the score's dtype
+            out = block.numpy()
+            yield (out * self.col[None, :] if self.col is not None else out).reshape(-1)
 
 
 def weight_sources(model, col_scale: dict[str, np.ndarray] | None = None) -> dict[str, WeightSource]:
