@@ -223,9 +223,11 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
 def token_loss(model, batch: dict, prefix=None) -> torch.Tensor:
     """Sum of the next-token cross-entropy over answer tokens (fp32 logits), not a mean: the caller
     divides by the global batch's count."""
-    labels, samples = batch.pop("labels"), batch.pop("sample")
+    labels, samples = batch.pop("labels"), batch.pop("sample", None)  # sample ids: only the prefix cache reads them
     bypass = contextlib.nullcontext()
     if prefix is not None:
+        if samples is None:
+            raise ValueError("token_loss: a prefix cache needs the batch's 'sample' ids (dowser.data.collate)")
         prefix.current = samples.tolist()
         bypass = prefix.bypass()
     with bypass, recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
