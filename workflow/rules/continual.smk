@@ -71,6 +71,7 @@ rule continual_table:
         out=f"{CONT_DIR}/tables",
     threads: job_threads("report")
     resources:
+        gpu=job_gpus("report"),
         mem_mb=job_mem_mb("report"),
         runtime=job_runtime("report"),
     conda:
@@ -136,6 +137,7 @@ rule continual_merge_scores:
         spec=lambda wc: cont_spec("scores", wc.score),
     threads: job_threads("merge_scores")
     resources:
+        gpu=job_gpus("merge_scores"),
         mem_mb=job_mem_mb("merge_scores"),
         runtime=job_runtime("merge_scores"),
     conda:
@@ -156,6 +158,7 @@ rule continual_mask:
         src=lambda wc, input: opts(input, scores="--scores", model="--model", probes="--probes"),
     threads: job_threads("mask")
     resources:
+        gpu=job_gpus("mask"),
         mem_mb=job_mem_mb("mask"),
         runtime=job_runtime("mask"),
     conda:
@@ -201,6 +204,7 @@ rule continual_model:
         run=lambda wc, input: os.path.dirname(input.run),
     threads: job_threads("mask")
     resources:
+        gpu=job_gpus("mask"),
         mem_mb=job_mem_mb("finetune"),
         runtime=job_runtime("mask"),
     conda:

@@ -26,6 +26,7 @@ rule report:
 # with `dowser report --evals <workdir>/results/evals/*/eval.json --out docs/results`):
 #   snakemake results_md
 rule results_md:
+    localrule: True
     input:
         "docs/results/summary.parquet",
     output:
