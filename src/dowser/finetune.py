@@ -5,7 +5,8 @@
 
 The trainable set for every method is the scored linears of the last L decoder blocks
 (METHOD.md §3); dense methods train them whole, masked methods only their mask's True
-entries (`dowser.sparse`), and `train_norms` adds the blocks' 1-D parameters. Before
+entries (`dowser.sparse`); `train_norms` adds the blocks' 1-D parameters and `train_lm_head`
+the lm_head, both dense for every method (the authors' LLaVA script). Before
 training the run writes `trainable.json` (per group: vision tower, projector, each block)
 and checks it against the method and mask.
 
@@ -23,8 +24,8 @@ steps holds the fp32 masters, optimizer and method state, the schedule, the log 
 process's RNG state; data order is a pure function of (seed, epoch), so a killed run
 resumes to the same weights bit for bit. Result: `delta.safetensors` (only the trainable
 entries, or the dense fp32 weights of the trainable modules), metrics.jsonl (one row per
-optimizer step) and run.json (`update_norm_ratio` = ||dW|| / ||W0|| over the trainable
-modules, thread and process counts).
+optimizer step) and run.json (`update_norm_ratio` = ||dW|| / ||W0|| pooled over every trainable
+tensor: the modules, and the norms / lm_head when they train; thread and process counts).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dowser.data import Indexed, SFTSamples, answer_tokens, collate, read_rows
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
-from dowser.sparse import block_vectors, delta_state, fp32_masters, load_delta_state, trainable_table
+from dowser.sparse import delta_state, dense_extras, fp32_masters, load_delta_state, trainable_table
 from dowser.spec import TrainConfig  # noqa: F401  (re-exported: dowser.posthoc reads it here)
 
 
@@ -121,9 +122,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     acc, mode = make_accelerator(model, cfg.mixed_precision, sharding)
     main = acc.is_main_process
     # before any change: ||dW|| / ||W0|| at the end (the main process alone keeps W0 of dense methods)
-    base = base_weights(model, depth, dense=method.dense and main)
-    params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks
-    vectors = [p for _, p in block_vectors(model, depth)] if cfg.train_norms else []
+    extras = dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head)  # named before prepare renames any
+    base = base_weights(model, depth, dense=method.dense and main, extras=extras if main else [])
+    params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
+    vectors = [p for _, p in extras]
     for p in vectors:
         p.requires_grad_(True)
     params = fp32_masters(list(params) + vectors)
@@ -198,7 +200,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         unshard_all(model)
     model.eval()
     method.post_train(model, None)
-    state = delta_state(model, depth, vectors=cfg.train_norms)
+    state = delta_state(model, depth, vectors=cfg.train_norms, lm_head=cfg.train_lm_head)
     if not main:
         acc.wait_for_everyone()
         return {"steps": total}
@@ -274,20 +276,26 @@ def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
     return masks
 
 
-def base_weights(model, depth: int, dense: bool) -> dict:
-    """What ||dW|| / ||W0|| needs: W0 of dense trainable modules (CPU, model dtype), ||W0||^2 of all."""
+def base_weights(model, depth: int, dense: bool, extras: list | None = None) -> dict:
+    """What ||dW|| / ||W0|| needs: W0 of dense trainable modules (CPU, model dtype), ||W0||^2 of all;
+    `extras` (name, parameter): tensors that train dense whatever the method (norms, lm_head), keyed
+    by parameter name as delta_state writes them."""
     modules = dict(model.named_modules())
     out = {}
     for m in trainable_modules(model, depth):
         w = modules[m.name].weight.detach()
         out[m.name] = (w.cpu().clone() if dense else None, float(w.double().pow(2).sum()))
+    for name, p in extras or []:
+        out[name] = (p.detach().cpu().clone(), float(p.detach().double().pow(2).sum()))
     return out
 
 
 def update_norm_ratio(base: dict, state: dict) -> float:
     change = 0.0
     for name, (w0, _) in base.items():
-        if f"{name}.values" in state:
+        if name in state:  # an extra (norm, bias, lm_head): a parameter name, never a module name
+            change += float((state[name].double() - w0.double()).pow(2).sum())
+        elif f"{name}.values" in state:
             change += float(state[f"{name}.values"].double().pow(2).sum())
         elif w0 is None:
             return float("nan")

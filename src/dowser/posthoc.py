@@ -100,7 +100,9 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
     write_json(out_dir / "trainable.json", {"total_trainable": 0, "posthoc_changed": changed, "posthoc_total": total,
                                             "parent": spec.get("parent")})
     with atomic_path(out_dir / "delta.safetensors") as tmp:
-        save_file(delta_state(model, depth), str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
+        # the parent's dense extras (norms, lm_head) as it trained them: the edit starts from them
+        state = delta_state(model, depth, vectors=cfg.train_norms, lm_head=cfg.train_lm_head)
+        save_file(state, str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
     with atomic_path(out_dir / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in getattr(method, "log", [])))
     write_spec(out_dir, json.dumps(spec), started)

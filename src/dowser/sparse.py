@@ -62,6 +62,21 @@ def block_vectors(model, depth: int) -> list[tuple[str, nn.Parameter]]:
             for n, p in block.named_parameters() if p.dim() == 1 and ".parametrizations." not in n]
 
 
+def head_params(model) -> list[tuple[str, nn.Parameter]]:
+    """The language model's lm_head parameters: trained fully when `train_lm_head` is set (the
+    authors' LLaVA train_dowser.py). A head tied to the input embeddings is refused, not untied:
+    training it would move embed_tokens too, which every recipe here keeps frozen."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError("finetune.train.train_lm_head: the model has no lm_head (get_output_embeddings() is None)")
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and emb.weight.data_ptr() == head.weight.data_ptr():
+        raise ValueError("finetune.train.train_lm_head: the model's lm_head weight is tied to its input embeddings "
+                         "(tie_word_embeddings); training it would also train embed_tokens")
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in head.parameters()]
+
+
 def check_masks(model, masks: dict[str, np.ndarray], depth: int) -> None:
     modules = dict(model.named_modules())
     for m in trainable_modules(model, depth):
@@ -97,12 +112,18 @@ def apply_masks(model, masks: dict[str, np.ndarray] | None, depth: int) -> list[
     return params
 
 
-def delta_state(model, depth: int, vectors: bool = False) -> dict[str, torch.Tensor]:
+def dense_extras(model, depth: int, vectors: bool = False, lm_head: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """What trains dense besides the scored linears: the blocks' 1-D parameters (train_norms)
+    and the lm_head (train_lm_head), by parameter name."""
+    return (block_vectors(model, depth) if vectors else []) + (head_params(model) if lm_head else [])
+
+
+def delta_state(model, depth: int, vectors: bool = False, lm_head: bool = False) -> dict[str, torch.Tensor]:
     """The run's result: sparse (index, values) or dense weights of the trainable modules, as
     trained (fp32 masters: evaluation rounds them to the model's dtype when it loads them);
-    `vectors`: also the blocks' 1-D parameters (train_norms)."""
+    `vectors`: also the blocks' 1-D parameters (train_norms); `lm_head`: also the lm_head."""
     modules = dict(model.named_modules())
-    out = {name: p.detach().cpu().contiguous() for name, p in block_vectors(model, depth)} if vectors else {}
+    out = {name: p.detach().cpu().contiguous() for name, p in dense_extras(model, depth, vectors, lm_head)}
     for m in trainable_modules(model, depth):
         module = modules[m.name]
         if parametrize.is_parametrized(module, "weight"):
@@ -145,7 +166,7 @@ def remove_masks(model) -> None:
 
 
 def trainable_table(model) -> list[dict]:
-    """Per group (vision tower, projector, each decoder block, other): trainable / total entries."""
+    """Per group (vision tower, projector, each decoder block, lm_head, other): trainable / total entries."""
     prefix, blocks = decoder_blocks(model)
     rows: dict[str, dict] = {}
 
@@ -157,6 +178,8 @@ def trainable_table(model) -> list[dict]:
             return "vision_tower"
         if "projector" in low:
             return "projector"
+        if "lm_head" in low:
+            return "lm_head"
         return "other"
 
     for name, p in model.named_parameters():

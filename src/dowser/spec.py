@@ -72,6 +72,9 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # autocast of an fp32 model: no | bf16 | fp16 (a bf16 model always autocasts bf16)
     train_norms: bool = False  # the authors' train_dowser.py trains the last L blocks' 1-D params fully
+    # METHOD.md §3: only the scored linears of the last L blocks train; the authors' LLaVA
+    # train_dowser.py also trains lm_head fully (--freeze_backbone freezes model.model only)
+    train_lm_head: bool = False
     # Runtime only (RUNTIME_KEYS): how often a resumable checkpoint is written. A resumed run
     # ends bit-identical to an uninterrupted one, so it is not in the run's spec or id; the
     # rule passes it as `dowser finetune --checkpoint-every N`.
