@@ -5,7 +5,7 @@
 Inputs (any may be missing; a claim without its table is "not yet measured"):
 summary.parquet (dowser.report.summary_table, one row per run), stability.parquet (paper
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
-continual.parquet (dowser.continual.metrics_table: method, BWT, ...). Every number in the
+continual.parquet or continual_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...). Every number in the
 page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
 
@@ -176,7 +176,11 @@ def _read(path: Path) -> pd.DataFrame | None:
 def render(results: Path, frac: float = 0.9) -> str:
     """The page's markdown; writes the plots beside the tables."""
     summary = _read(results / "summary.parquet")
-    stab, cl = _read(results / "stability.parquet"), _read(results / "continual.parquet")
+    stab = _read(results / "stability.parquet")
+    # dowser.continual.write_tables' metrics table, as committed by benchmarks or the continual rule
+    cl_file = next((results / f for f in ("continual.parquet", "continual_metrics.parquet")
+                    if (results / f).is_file()), None)
+    cl = _read(cl_file) if cl_file else None
     if summary is None:
         raise FileNotFoundError(f"{results / 'summary.parquet'} does not exist (dowser report --out {results})")
     verdicts = [claim_depth(summary), claim_random(summary), claim_deep(summary), claim_stability(stab),
@@ -213,7 +217,7 @@ def render(results: Path, frac: float = 0.9) -> str:
     if stab is not None:
         out += ["\n## Score stability (paper Table 8)\n", md_table(stab, 4)]
     if cl is not None:
-        out += ["\n## Continual learning (paper Table 9)\n", md_table(cl)]
+        out += ["\n## Continual learning (paper Table 9)\n", f"From `{cl_file.name}`.\n", md_table(cl)]
     plots = _plots(summary, results)
     out += ["\n## Plots\n"] + [f"![{p[:-4]}]({results.name}/{p})\n" for p in plots]
     out += ["\n## Every run\n", md_table(shown(summary))]
