@@ -212,11 +212,15 @@ def score_flops(sh: Shape, s: int, draws: int, ratio: float, shared_forward: boo
 
 
 def train_memory(sh: Shape, depth: int, dense: bool, rho: float, micro_batch: int, s: int, dtype_bytes: int,
-                 checkpointing: bool = False) -> dict:
+                 checkpointing: bool = False, norms: bool = False, lm_head: bool = False) -> dict:
     n_l = depth * sh.per_block
     # dense: the trainable weights become fp32 masters in place (dowser.sparse.fp32_masters) +
     # fp32 gradient + two fp32 AdamW moments; masked: fp32 value, gradient, moments + int64 index
     state = (4 - dtype_bytes + 4 + 8) * n_l if dense else 24 * round(rho * n_l)
+    # finetune.train.train_norms / train_lm_head: dense fp32 masters for every method (two RMSNorm
+    # vectors per block; the lm_head, vocab x hidden)
+    extra = (2 * sh.hidden * depth if norms else 0) + (sh.head if lm_head else 0)
+    state += (4 - dtype_bytes + 4 + 8) * extra
     d, f = sh.hidden, sh.intermediate
     per_block_token = 2 * (6 * d + 2 * sh.d_kv + 4 * f)
     blocks_act = micro_batch * s * (2 * d * depth + per_block_token) if checkpointing else \
@@ -257,7 +261,8 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
         hours = samples * train_flops(sh, depth, s_train, checkpointing) / flops_per_hour
         row = depth_rows[depth] = {"depth": depth, "trainable": depth * sh.per_block, "gpu_hours": hours}
         for key, rho in [("dense", None)] + [(f"masked@{r:g}", r) for r in rhos]:
-            row[key] = train_memory(sh, depth, rho is None, rho or 0.0, micro, s_train, dtype_bytes, checkpointing)
+            row[key] = train_memory(sh, depth, rho is None, rho or 0.0, micro, s_train, dtype_bytes, checkpointing,
+                                    bool(train.get("train_norms")), bool(train.get("train_lm_head")))
 
     jobs: dict[str, dict] = {}
 
