@@ -44,15 +44,9 @@ def test_unknown_key_is_rejected():
 # --- parse-time config errors, as `snakemake -n` prints them ------------------------------
 
 def workflow_copy(tmp_path: Path) -> Path:
-    import shutil
+    from workflowlib import copy_workflow
 
-    work = tmp_path / "wf"
-    work.mkdir()
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    for name in ("workflow", "profiles"):
-        shutil.copytree(ROOT / name, work / name)
-    return work
+    return copy_workflow(tmp_path / "wf")
 
 
 def dry_run(work: Path, *configs: str):

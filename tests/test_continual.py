@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dowser.continual import ContinualRunSpec, StepModelSpec, accuracy_matrix, build_continual, metrics_table
+from dowser.continual import StepModelSpec, accuracy_matrix, build_continual, metrics_table
 from dowser.spec import model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,12 +275,9 @@ def test_tiny_run_tables_and_step_models(tiny_world, tmp_path):
 
 def test_workflow_builds_the_chain(tmp_path):
     """snakemake -n: one fine-tune, evaluation and (Dowser) mask per step; step models between steps."""
-    from workflowlib import job_counts, run
+    from workflowlib import copy_workflow, job_counts, run
 
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    for name in ("workflow", "envs"):
-        shutil.copytree(ROOT / name, tmp_path / name)
+    copy_workflow(tmp_path)
     extra = tmp_path / "continual.yaml"
     extra.write_text(yaml.safe_dump({"continual": cfg()["continual"]}))
     out = run(["snakemake", "-n", "continual", "--cores", "1", "--configfile", str(extra)], tmp_path).stdout

@@ -1,8 +1,21 @@
 """Helpers for tests that drive the Snakemake workflow as a subprocess (e2e, slurm)."""
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """What a checkout's `snakemake` reads (Snakefile, config, rules, envs, profiles/default) into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("workflow", "envs", "profiles"):
+        shutil.copytree(ROOT / name, dest / name)
+    return dest
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1500, **kw) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dowser.methods.table import METHODS, traits
-from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec  # noqa: F401 (ProbeSpec, ScoreSpec: ContinualGrid)
+from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec, check_training_tasks  # noqa: F401 (ProbeSpec, ScoreSpec: ContinualGrid)
 
 MASK_MODES = ("recompute", "keep")
 DEFAULT_MASK_MODE = "recompute"  # what App. H implies (module docstring)
@@ -97,20 +97,12 @@ def chain_label(method: str, seed: int | None, mode: str | None) -> str:
 
 def check_continual_config(config: dict, num_blocks: int | None = None) -> None:
     """Semantic checks the JSON schema cannot express; one line naming the key."""
-    from dowser.tasks import get_task
-
     c = config["continual"]
     if len(c["tasks"]) < 2:
         raise ValueError("continual.tasks: a sequence needs at least 2 tasks")
     if len(set(c["tasks"])) != len(c["tasks"]):
         raise ValueError("continual.tasks: a task appears twice (A_{t,i} needs one column per task)")
-    for name in c["tasks"]:
-        try:
-            info = get_task(name)
-        except ValueError as e:
-            raise ValueError(f"continual.tasks: {e}") from None
-        if info.train_split is None:
-            raise ValueError(f"continual.tasks: benchmark '{name}' has no training split")
+    check_training_tasks("continual.tasks", c["tasks"])
     for method in c["methods"]:
         if method not in METHODS:
             raise ValueError(f"continual.methods: unknown method '{method}'; known: {', '.join(METHODS)}")

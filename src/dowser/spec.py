@@ -401,6 +401,19 @@ def validate_config(config: dict, schema_path: str, cache_dir: str | None = None
             pass
 
 
+def check_training_tasks(key: str, names) -> None:
+    """Every name is a registered task with a training split; one line naming `key` otherwise."""
+    from dowser.tasks import get_task
+
+    for name in names:
+        try:
+            info = get_task(name)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+        if info.train_split is None:
+            raise ValueError(f"{key}: benchmark '{name}' has no training split")
+
+
 def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
     """Semantic checks the JSON schema cannot express; one line naming the key."""
     ft = config["finetune"]
@@ -418,13 +431,8 @@ def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
                 get_task(name)
             except ValueError as e:
                 raise ValueError(f"evaluate.{key}: {e}") from None
+    check_training_tasks("finetune.tasks", ft["tasks"])
     for name in ft["tasks"]:
-        try:
-            info = get_task(name)
-        except ValueError as e:
-            raise ValueError(f"finetune.tasks: {e}") from None
-        if info.train_split is None:
-            raise ValueError(f"finetune.tasks: benchmark '{name}' has no training split")
         if name not in config["evaluate"]["downstream"]:
             raise ValueError(f"finetune.tasks: '{name}' is not in evaluate.downstream (A_down needs it)")
     for rho in config["mask"]["rho"]:

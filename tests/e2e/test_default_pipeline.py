@@ -3,13 +3,12 @@ temporary copy of the workflow. ~15 min on 2 cores (benchmarks/results/default_p
 so marked slow: `python -m pytest -m slow tests/e2e/test_default_pipeline.py`."""
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from workflowlib import run
+from workflowlib import copy_workflow, run
 
 from dowser.spec import build_grid
 
@@ -27,11 +26,7 @@ def benchmark_module():
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
-    work = tmp_path_factory.mktemp("default")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    for name in ("workflow", "envs", "profiles"):
-        shutil.copytree(ROOT / name, work / name)
+    work = copy_workflow(tmp_path_factory.mktemp("default"))
     run(["snakemake", "--cores", "2"], work, timeout=3600)
     return pd.read_parquet(work / "results/tables/summary.parquet")
 

@@ -1,12 +1,11 @@
 """The whole Snakemake pipeline on a reduced world: outputs, no-op rerun, cache boundaries."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflowlib import error_lines, job_counts, run
+from workflowlib import copy_workflow, error_lines, job_counts, run
 
 ROOT = Path(__file__).resolve().parents[2]
 REDUCED = ROOT / "tests/e2e/reduced.yaml"
@@ -19,11 +18,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    work = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    for name in ("workflow", "envs", "profiles"):
-        shutil.copytree(ROOT / name, work / name)
+    work = copy_workflow(tmp_path_factory.mktemp("wf"))
     snakemake(work)
     return work
 
