@@ -14,9 +14,11 @@ so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (METHOD.md §1
 (spec seed, k), so scores do not depend on the shard count or the batch size.
 
 Cost (benchmarks/score_overhead.py): the R gradients of all scored outputs come back from
-one `torch.autograd.grad` call per draw and are accumulated with `torch._foreach_*` ops,
-not by one Python tensor hook per module and draw (that hook cost dominated small
-models); `outer` adds s^T|H| with one `addmm_` per module and batch. Memory: `outer`
+one `torch.autograd.grad` call per draw (xi passed as f's cotangent: no xi * f product) and
+are accumulated with `torch._foreach_*` ops, not by one Python tensor hook per module and
+draw (that hook cost dominated small models). Modules that read one input (q/k/v,
+gate/up) accumulate side by side in one buffer, so `outer` adds s^T|H| with one `addmm_`
+per such run and batch (its accumulator holds their rows; outer[name] is a view). Memory: `outer`
 keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 51 GB for
 LLaMA-13B's 12.7B scored weights, beside 26 GB of bf16 weights); `module_groups: G`
 (`dowser score --module-groups G`) scores 1/G of the modules per pass over the probes (G
@@ -27,6 +29,7 @@ passes, the same numbers), so with G = 2 13B needs about 26 + 26 GB plus activat
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +129,17 @@ def module_groups(modules, k: int) -> list[list]:
     return groups
 
 
+def _input_runs(names, abs_h) -> list[list[str]]:
+    """`names` split into runs of consecutive modules that read one input (one |H| tensor)."""
+    runs = []
+    for name in names:
+        if runs and abs_h[name] is abs_h[runs[-1][0]]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return runs
+
+
 def _pad(batch_ids: list[list[int]], pad_id: int, device):
     lengths = [len(x) for x in batch_ids]
     T = max(lengths)
@@ -156,9 +170,10 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
     outer, a_list, b_list = {}, {}, {}
     for group in module_groups(scored_modules(model), cfg.module_groups):
         names = [m.name for m in group]
-        if cfg.aggregate == "outer":
-            outer.update({m.name: torch.zeros(m.shape, dtype=acc_dtype, device=device) for m in group})
-        else:
+        # outer: one accumulator per run of modules reading one input (q/k/v, gate/up), allocated at
+        # the first batch; outer[name] is its block of rows (a view), so s^T|H| is one matmul per run.
+        runs_acc = {}
+        if cfg.aggregate == "factored":
             a_list.update({n: [] for n in names})
             b_list.update({n: [] for n in names})
         cap = _Capture(model, names, acc_dtype)
@@ -177,44 +192,71 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                                 **extra)
                     f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
                     outs = [cap.out[n] for n in names]
+                    runs = _input_runs(names, cap.abs_h)
+                    # sum_r |g_r| (l1) or sum_r g_r^2 (l2) of a run's modules side by side in one buffer
+                    bufs = [torch.empty((*cap.out[run[0]].shape[:-1], sum(cap.out[n].shape[-1] for n in run)),
+                                        dtype=acc_dtype, device=device) for run in runs]
+                    cols = {}  # name: (first column in its run's buffer, width)
+                    for run in runs:
+                        offs = [0, *itertools.accumulate(cap.out[n].shape[-1] for n in run)]
+                        cols.update({n: (o, e - o) for n, o, e in zip(run, offs, offs[1:])})
+                    views = [buf[..., o : o + d] for run, buf in zip(runs, bufs) for o, d in map(cols.get, run)]
                     B, T, V = f.shape
-                    acc = None
                     for r in range(cfg.draws):
                         xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
                         for b, (k, x) in enumerate(zip(idx_b, ids_b)):
                             xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
-                        grads = torch.autograd.grad((xi * f).sum(), outs, retain_graph=r < cfg.draws - 1,
+                        # xi as f's cotangent: the gradients of (xi * f).sum(), bit for bit, without the product
+                        grads = torch.autograd.grad(f, outs, grad_outputs=xi, retain_graph=r < cfg.draws - 1,
                                                     materialize_grads=True)
-                        grads = [g.to(acc_dtype) for g in grads]
+                        del xi
+                        if grads[0].dtype != acc_dtype:
+                            grads = [g.to(acc_dtype) for g in grads]
                         if cfg.estimator == "l1":
-                            if acc is None:  # new tensors: two outputs' gradients may be one tensor
-                                acc = torch._foreach_abs(grads)
-                            else:  # in place: no allocation (and page faults) per draw; abs is idempotent
-                                torch._foreach_abs_(grads)
-                                torch._foreach_add_(acc, grads)
-                        elif acc is None:
-                            acc = torch._foreach_mul(grads, grads)
+                            # in place (abs is idempotent, so a gradient tensor shared by two outputs is fine)
+                            torch._foreach_abs_(grads)
+                            if r == 0:
+                                torch._foreach_copy_(views, grads)
+                            else:
+                                torch._foreach_add_(views, grads)
+                        elif r == 0:
+                            torch._foreach_copy_(views, grads)
+                            torch._foreach_mul_(views, grads)
                         else:
-                            torch._foreach_addcmul_(acc, grads, grads)
-                    del out, f, outs, grads
+                            torch._foreach_addcmul_(views, grads, grads)
+                        del grads  # before the next backward, which can then reuse the memory
+                    del out, f, outs
                 tok = attn.unsqueeze(-1).to(acc_dtype)
                 padded, masked = not bool(attn.all()), {}
-                for name, s in zip(names, acc):
-                    h = cap.abs_h[name]
+                for run, buf in zip(runs, bufs):
+                    h = cap.abs_h[run[0]]
                     if padded:  # padded positions add nothing (one masked copy per shared input)
                         h = masked[id(h)] if id(h) in masked else masked.setdefault(id(h), h * tok)
-                    if cfg.aggregate == "outer":
-                        if cfg.estimator == "l2":
-                            s, alpha = s.div_(cfg.draws).sqrt_(), 1.0
-                        else:
-                            alpha = 1.0 / cfg.draws
-                        outer[name].addmm_(s.reshape(-1, s.shape[-1]).T, h.reshape(-1, h.shape[-1]), alpha=alpha)
+                    if cfg.estimator == "l2":
+                        buf.div_(cfg.draws).sqrt_()
+                        alpha = 1.0
                     else:
-                        s = s.div_(cfg.draws)
-                        s = (s.sqrt_() if cfg.estimator == "l2" else s) * tok
-                        a_list[name].append(s.sum(1))
-                        b_list[name].append(h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype))
-                del acc
+                        alpha = 1.0 / cfg.draws
+                    if cfg.aggregate == "outer":
+                        S, H = buf.reshape(-1, buf.shape[-1]), h.reshape(-1, h.shape[-1])
+                        key = tuple(run)
+                        if key not in runs_acc and not any(n in outer for n in run):
+                            runs_acc[key] = torch.zeros((S.shape[1], H.shape[1]), dtype=acc_dtype, device=device)
+                            outer.update({n: runs_acc[key][o : o + d] for n in run for o, d in [cols[n]]})
+                        if key in runs_acc:
+                            runs_acc[key].addmm_(S.T, H, alpha=alpha)
+                        else:  # runs unlike the first batch's (not seen in practice): per module
+                            for n, (o, d) in zip(run, map(cols.get, run)):
+                                acc = outer.setdefault(n, torch.zeros((d, H.shape[1]), dtype=acc_dtype, device=device))
+                                acc.addmm_(S[:, o : o + d].T, H, alpha=alpha)
+                    else:
+                        if cfg.estimator == "l1":
+                            buf.div_(cfg.draws)
+                        b_mean = h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype)
+                        for n, (o, d) in zip(run, map(cols.get, run)):
+                            a_list[n].append((buf[..., o : o + d] * tok).sum(1))
+                            b_list[n].append(b_mean)
+                del bufs, views
                 cap.reset()
         finally:
             cap.remove()
