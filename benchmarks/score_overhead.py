@@ -3,7 +3,8 @@
     python benchmarks/score_overhead.py            # writes benchmarks/results/score_overhead.json
 
 For each model (the world model's shape, and a wider Llama slice) and the same probes:
-- bare: 1 forward + R backward passes of (xi * f).sum(), nothing captured (the floor);
+- bare: 1 forward + R backward passes with xi as f's cotangent (the gradient of (xi * f).sum()
+  without forming the product, as dowser.score does), nothing captured (the floor);
 - dowser: `accumulate_scores` (hooks, |g| accumulation, per-module s^T|H| matmuls);
 - separate: R x (forward + backward), what a naive implementation does.
 Ratios are measured in one run, interleaved, best of `--repeats` (the machine is noisy).
@@ -42,7 +43,7 @@ def probes(n, length, vocab, seed=0):
 
 
 def hutchinson_loop(model, seqs, draws, batch, shared=True):
-    """The floor: forward(s) + R backwards of (xi*f).sum(), no capture."""
+    """The floor: forward(s) + R backwards with cotangent xi (= grad of (xi*f).sum()), no capture."""
     emb = model.get_input_embeddings()
     handle = emb.register_forward_hook(lambda m, i, o: o.detach().requires_grad_(True))
     try:
@@ -53,7 +54,7 @@ def hutchinson_loop(model, seqs, draws, batch, shared=True):
                 if not shared and r > 0:
                     f = model(input_ids=ids, attention_mask=attn).logits
                 xi = torch.stack([rademacher(tuple(f.shape[1:]), draw_seed(0, start + b, r)) for b in range(len(ids))])
-                torch.autograd.backward((xi * f).sum(), retain_graph=shared and r < draws - 1)
+                torch.autograd.backward(f, grad_tensors=xi.to(f.dtype), retain_graph=shared and r < draws - 1)
     finally:
         handle.remove()
 
