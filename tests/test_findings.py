@@ -67,6 +67,12 @@ def test_claim_stability_and_continual():
     assert claim_continual(cl).verdict == "reproduced"
     cl.loc[2, "BWT"] = -20.0
     assert claim_continual(cl).verdict == "not reproduced"
+    # less forgetting with far less learning (MFT under half of Full-FT's) is only mixed
+    cl = pd.DataFrame({"method": ["full", "dowser"], "BWT": [-200.0, -12.0], "MFT": [170.0, 17.0]})
+    v = claim_continual(cl)
+    assert v.verdict == "mixed" and "MFT: Dowser 17.0, full 170.0" in v.evidence
+    cl.loc[1, "MFT"] = 120.0
+    assert claim_continual(cl).verdict == "reproduced"
     assert claim_continual(None).verdict == "not yet measured"
 
 
