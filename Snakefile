@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import min_version
 
-from dowser.spec import read_config_file
+from dowser.config import read_config_file
 
 min_version("9.0")
 

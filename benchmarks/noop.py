@@ -53,7 +53,8 @@ OUR_SHARE = r"""
 import json, sys, time
 from snakemake.utils import update_config  # Snakemake's own, imported before any Snakefile runs
 t0 = time.perf_counter()
-from dowser.spec import build_grid, model_params_b, read_config_file, validate_config
+from dowser.config import model_params_b, read_config_file, validate_config
+from dowser.spec import build_grid
 t_import = time.perf_counter()
 config = read_config_file("config.yaml")
 update_config(config, read_config_file(sys.argv[1]))

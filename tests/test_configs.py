@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dowser.spec import build_grid, validate_config
+from dowser.config import validate_config
+from dowser.spec import build_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")

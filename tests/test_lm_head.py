@@ -117,7 +117,7 @@ def test_spec_id_changes_with_train_lm_head_only_when_set():
     assert len(on) == len(base) and not on & base
     run = next(iter(build_grid(config).runs.values()))
     assert run.train["train_lm_head"] is False  # filled in before hashing
-    from dowser.spec import validate_config
+    from dowser.config import validate_config
 
     validate_config(with_train(train_lm_head=True), "workflow/schemas/config.schema.yaml")
     with pytest.raises(ValueError, match="train_lm_head"):

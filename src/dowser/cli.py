@@ -241,7 +241,8 @@ def cmd_report(args):
 def cmd_check_config(args):
     """What `snakemake` checks at parse time, without Snakemake: Snakemake reads --configfile
     files before the workflow runs and reports a YAML error without the file or line."""
-    from dowser.spec import build_grid, model_params_b, read_config_file, validate_config
+    from dowser.config import model_params_b, read_config_file, validate_config
+    from dowser.spec import build_grid
 
     def merge(base: dict, new: dict) -> dict:  # Snakemake's update_config: nested mappings merge
         for key, value in new.items():

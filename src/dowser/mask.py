@@ -26,6 +26,7 @@ pass writes the mask. So a module's mask costs its bool array plus a few chunks,
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -50,7 +51,7 @@ def _bf16(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- sources of scores
 
 
-class Source:
+class Source(abc.ABC):
     """One module's scores, streamed as flat float chunks in row-major order (re-iterable)."""
 
     shape: tuple[int, ...]
@@ -60,8 +61,9 @@ class Source:
     def size(self) -> int:
         return int(np.prod(self.shape))
 
+    @abc.abstractmethod
     def chunks(self) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+        """Flat chunks covering the module once, in row-major order (each call starts over)."""
 
     def load(self) -> np.ndarray:
         """The whole module (one copy), e.g. for a rank correlation."""

@@ -66,7 +66,7 @@ def _token_embedding(model: nn.Module) -> tuple[str, nn.Embedding] | None:
     if callable(getter):
         try:
             emb = getter()
-        except (NotImplementedError, AttributeError):
+        except (NotImplementedError, AttributeError):  # transformers' base getters raise these for models without one
             emb = None
         else:
             # A vision-only model's "input embedding" is a patch Conv2d: no tokens, no decoder.
@@ -117,7 +117,7 @@ def _search_root(model: nn.Module) -> str:
         return ""
     try:
         decoder = getter()
-    except (NotImplementedError, AttributeError, ValueError):
+    except (NotImplementedError, AttributeError, ValueError):  # no decoder to narrow to: search the whole model
         return ""
     if decoder is model or not isinstance(decoder, nn.Module):
         return ""

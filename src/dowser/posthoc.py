@@ -71,8 +71,8 @@ def check_parent(spec: dict, parent: dict) -> None:
 
 
 def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, parent_path: Path) -> dict:
-    from dowser.finetune import TrainConfig, training_rows
-    from dowser.sparse import delta_state, load_delta_state
+    from dowser.finetune import TrainConfig, base_weights, training_rows, update_norm_ratio
+    from dowser.sparse import delta_state, dense_extras, load_delta_state
 
     started = time.time()
     out_dir, parent_path = Path(out_dir), Path(parent_path)
@@ -88,6 +88,9 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
         p.requires_grad_(False)
     modules = dict(model.named_modules())
     base_state = {m.name: modules[m.name].weight.detach().clone() for m in trainable_modules(model, depth)}
+    # ||dW|| / ||W0|| as dowser.finetune reports it (run.json), W0 from base_state, no second copy
+    base = base_weights(model, depth, dense=False, extras=dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head))
+    base.update({name: (w.cpu(), base[name][1]) for name, w in base_state.items()})
     load_delta_state(model, load_file(str(parent_path)))
     rows = training_rows(spec["task"], Path(data_root), cfg.train_samples)
     device = next(model.parameters()).device
@@ -103,6 +106,7 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
         # the parent's dense extras (norms, lm_head) as it trained them: the edit starts from them
         state = delta_state(model, depth, vectors=cfg.train_norms, lm_head=cfg.train_lm_head)
         save_file(state, str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
+    write_json(out_dir / "run.json", {"update_norm_ratio": update_norm_ratio(base, state)})
     with atomic_path(out_dir / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in getattr(method, "log", [])))
     write_spec(out_dir, json.dumps(spec), started)

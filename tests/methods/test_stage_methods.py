@@ -46,6 +46,15 @@ def changed_outside_trainable(world, run_dir):
     return inside, outside
 
 
+def update_ratio_brute_force(world, run_dir):
+    base, _ = load_model(world / "model")
+    tuned, _ = load_finetuned(world / "model", run_dir)
+    names = [m.name + ".weight" for m in trainable_modules(base, DEPTH)]
+    b, t = base.state_dict(), tuned.state_dict()
+    num = sum(float((t[k].double() - b[k].double()).pow(2).sum()) for k in names)
+    return (num / sum(float(b[k].double().pow(2).sum()) for k in names)) ** 0.5
+
+
 def test_training_methods_and_posthoc_from_the_full_run(world):
     full_dir = world / "runs" / "full"
     finetune(spec("full"), world / "model", world / "data", full_dir, progress=False)
@@ -64,6 +73,9 @@ def test_training_methods_and_posthoc_from_the_full_run(world):
         inside, outside = changed_outside_trainable(world, out)
         assert inside == result["changed"] and outside == [], method
         assert json.loads((out / "spec.json").read_text())
+        # run.json's ||dW|| / ||W0|| is the brute-force one of the edited weights
+        ratio = json.loads((out / "run.json").read_text())["update_norm_ratio"]
+        assert ratio == pytest.approx(update_ratio_brute_force(world, out), rel=1e-6), method
 
 
 def test_posthoc_refuses_a_parent_of_another_task(world, tmp_path):

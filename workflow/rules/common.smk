@@ -2,11 +2,13 @@
 # truth, standard library only, so parsing stays fast).
 import sys
 
-from dowser.spec import build_grid, validate_config
+from dowser.continual import build_continual
+from dowser.config import validate_config
+from dowser.spec import build_grid
 
 
 try:
-    # a config already validated against this schema is remembered (dowser.spec.validate_config)
+    # a config already validated against this schema is remembered (dowser.config.validate_config)
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), ".snakemake/dowser/valid-configs")
     GRID = build_grid(config)
 except ValueError as e:
@@ -91,3 +93,53 @@ def opt(flag, path):
 def opts(input, **flags):
     """'--probes a --data b' for those of the named inputs the job has (flag per input name)."""
     return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
+
+
+# Continual learning (workflow/rules/continual.smk): the chain's specs and paths.
+try:
+    CONT = build_continual(config, GRID.model) if config.get("continual") else None
+except ValueError as e:
+    sys.exit(f"config error: {e}")
+
+CONT_DIR = "results/continual"
+
+
+def cont_model_dir(model_id):
+    return MODEL_DIR if model_id == GRID.model.id else f"{CONT_DIR}/models/{model_id}"
+
+
+def cont_spec(kind, id_):
+    if CONT is None:
+        raise ValueError("no `continual` section in the config")
+    return getattr(CONT, kind)[id_].to_json()
+
+
+def cont_mask_inputs(wildcards):
+    mask = CONT.masks[wildcards.mask]
+    if mask.score is not None:
+        return {"scores": f"{CONT_DIR}/scores/{mask.score}/scores.h5"}
+    inputs = {"model": cont_model_dir(mask.model)}
+    if mask.probe is not None:
+        inputs["probes"] = f"{CONT_DIR}/probes/{mask.probe}/probes.parquet"
+    return inputs
+
+
+def cont_run_inputs(wildcards):
+    run = CONT.runs[wildcards.run]
+    inputs = {"model": cont_model_dir(run.model), "data": DATA_DIR}
+    if run.mask is not None:
+        inputs["mask"] = f"{CONT_DIR}/masks/{run.mask}/mask.h5"
+    return inputs
+
+
+def cont_eval_inputs(wildcards):
+    ev = CONT.evals[wildcards.eval]
+    inputs = {"model": cont_model_dir(ev.model), "data": DATA_DIR}
+    if ev.run is not None:
+        inputs["run"] = f"{CONT_DIR}/runs/{ev.run}/delta.safetensors"
+    return inputs
+
+
+def cont_eval_file(eval_id):
+    # the zero-shot evaluation is the main grid's when their specs agree (same benchmarks)
+    return f"results/evals/{eval_id}/eval.json" if eval_id in GRID.evals else f"{CONT_DIR}/evals/{eval_id}/eval.json"

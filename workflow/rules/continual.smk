@@ -3,61 +3,12 @@
 #   snakemake --cores 2 --configfile configs/continual.yaml continual
 # Artifacts live under results/continual/ (their specs name step models, not the base model,
 # so they never collide with the main grid's).
-from dowser.continual import build_continual
-
-
-try:
-    CONT = build_continual(config, GRID.model) if config.get("continual") else None
-except ValueError as e:
-    sys.exit(f"config error: {e}")
-
-CONT_DIR = "results/continual"
-
-
-def cont_model_dir(model_id):
-    return MODEL_DIR if model_id == GRID.model.id else f"{CONT_DIR}/models/{model_id}"
-
-
-def cont_spec(kind, id_):
-    if CONT is None:
-        raise ValueError("no `continual` section in the config")
-    return getattr(CONT, kind)[id_].to_json()
-
-
-def cont_mask_inputs(wildcards):
-    mask = CONT.masks[wildcards.mask]
-    if mask.score is not None:
-        return {"scores": f"{CONT_DIR}/scores/{mask.score}/scores.h5"}
-    inputs = {"model": cont_model_dir(mask.model)}
-    if mask.probe is not None:
-        inputs["probes"] = f"{CONT_DIR}/probes/{mask.probe}/probes.parquet"
-    return inputs
-
-
-def cont_run_inputs(wildcards):
-    run = CONT.runs[wildcards.run]
-    inputs = {"model": cont_model_dir(run.model), "data": DATA_DIR}
-    if run.mask is not None:
-        inputs["mask"] = f"{CONT_DIR}/masks/{run.mask}/mask.h5"
-    return inputs
-
-
-def cont_eval_inputs(wildcards):
-    ev = CONT.evals[wildcards.eval]
-    inputs = {"model": cont_model_dir(ev.model), "data": DATA_DIR}
-    if ev.run is not None:
-        inputs["run"] = f"{CONT_DIR}/runs/{ev.run}/delta.safetensors"
-    return inputs
+# Specs and input functions: workflow/rules/common.smk (CONT, cont_*).
 
 
 rule continual:
     input:
         expand(f"{CONT_DIR}/tables/{{name}}.parquet", name=["matrix", "upstream", "metrics"]) if CONT else [],
-
-
-def cont_eval_file(eval_id):
-    # the zero-shot evaluation is the main grid's when their specs agree (same benchmarks)
-    return f"results/evals/{eval_id}/eval.json" if eval_id in GRID.evals else f"{CONT_DIR}/evals/{eval_id}/eval.json"
 
 
 rule continual_table:
@@ -68,7 +19,7 @@ rule continual_table:
     log:
         "logs/continual/table.log",
     params:
-        out=f"{CONT_DIR}/tables",
+        out=lambda wc, output: os.path.dirname(output[0]),
     threads: job_threads("report")
     resources:
         gpu=job_gpus("report"),

@@ -31,5 +31,9 @@ rule results_md:
         "docs/results/summary.parquet",
     output:
         "docs/results.md",
+    log:
+        "logs/report/results_md.log",
+    conda:
+        "../../envs/dowser.yaml"
     shell:
-        "python -m dowser.findings docs/results docs/results.md"
+        "python -m dowser.findings docs/results {output} > {log} 2>&1 && cat {log}"

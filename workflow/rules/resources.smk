@@ -1,10 +1,10 @@
 # Job sizes. Every rule takes its threads and resources (gpu, mem_mb, runtime) from here,
 # scaled by the base model's parameter count (model.params_b, or counted from a local model
-# folder: dowser.spec.model_params_b), so `snakemake --profile slurm` asks SLURM for what the
+# folder: dowser.config.model_params_b), so `snakemake --profile slurm` asks SLURM for what the
 # model needs (a 7B fine-tune vs the CPU-only world). A site overrides any of them per rule
 # with `set-resources` in slurm/config.yaml. Host memory per billion parameters: bf16 weights
 # are 2 GB/B; fp32 score sums (merge, mask) 4 GB/B per copy.
-from dowser.spec import model_params_b
+from dowser.config import model_params_b
 
 
 try:
