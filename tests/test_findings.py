@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from dowser.findings import (claim_continual, claim_deep, claim_depth, claim_random, claim_stability,
+from dowser.findings import (claim_continual, claim_deep, claim_depth, claim_random, claim_stability, continual_tables, depth_table,
                              md_table, write_results_md)
 from tests.test_report import frame, row
 
@@ -90,3 +90,27 @@ def test_results_page(tmp_path):
 
 def test_md_table():
     assert md_table(pd.DataFrame({"a": [1.0, float("nan")], "b": ["x", "y"]})) == "| a | b |\n|---|---|\n| 1 | x |\n|  | y |\n"
+
+
+def test_continual_judged_per_setting_and_depth_table(tmp_path):
+    one = pd.DataFrame({"method": ["full", "dowser"], "BWT": [-200.0, -12.0], "MFT": [170.0, 17.0]})
+    three = pd.DataFrame({"method": ["full", "dowser"], "BWT": [-238.0, -151.0], "MFT": [192.0, 132.0]})
+    both = pd.concat([one.assign(table="continual_metrics"), three.assign(table="continual_ep3_metrics")])
+    v = claim_continual(both)  # learned far less with 1 epoch/step (mixed), reproduced with 3
+    assert v.verdict == "mixed" and "continual_ep3_metrics: reproduced" in v.evidence
+    assert claim_continual(three.assign(table="a")).verdict == "reproduced"
+    res = tmp_path / "results"
+    res.mkdir()
+    one.to_parquet(res / "continual_metrics.parquet")
+    three.to_parquet(res / "continual_ep3_metrics.parquet")
+    assert continual_tables(res).table.tolist() == ["continual_ep3_metrics"] * 2 + ["continual_metrics"] * 2
+    summary = frame([row("full", up, 200.0, L=L) for L, up in ((1, 60.0), (2, 30.0), (6, 5.0))]
+                    + [row("dowser", 40.0 + s, 150.0, rho=0.1, seed=s, L=6) for s in (0, 1)])
+    depth = depth_table(summary)
+    assert depth[depth.method == "full"].L.tolist() == [1, 2, 6]
+    assert depth[depth.method == "dowser"][["A_up", "seeds"]].values.tolist() == [[40.5, 2]]
+    summary.to_parquet(res / "summary.parquet")
+    summary.to_parquet((res / "wide").mkdir() or res / "wide" / "summary.parquet")
+    text = write_results_md(res, tmp_path / "results.md")
+    assert "## Depth (claim 1)" in text and "## Capacity: the wide world" in text
+    assert "| 5. Dowser forgets less in continual learning (BWT) | mixed |" in text

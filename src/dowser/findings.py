@@ -5,8 +5,9 @@
 Inputs (any may be missing; a claim without its table is "not yet measured"):
 summary.parquet (dowser.report.summary_table, one row per run), stability.parquet (paper
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
-continual.parquet or continual_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...). Every number in the
-page comes from these tables; the verdict rules are the `claim_*` functions below.
+continual.parquet or continual*_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...;
+one per sequence setting) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
+in the page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
 
 from __future__ import annotations
@@ -139,15 +140,13 @@ def claim_stability(stab: pd.DataFrame | None) -> Verdict:
         f"floor (paper ≤ {PAPER_HAMMING_RATIO_MAX:.2f}×) in range in {int(ham.sum())} rows"))
 
 
-def claim_continual(cl: pd.DataFrame | None) -> Verdict:
-    """5. Dowser forgets less in continual learning: every Dowser row's BWT above Full-FT's and
-    LoRA's (those present)."""
-    claim = "Dowser forgets less in continual learning (BWT)"
-    if cl is None or cl.empty or "dowser" not in set(cl.method):
-        return Verdict(claim, "not yet measured", "no continual-learning table with Dowser")
+def _continual_one(cl: pd.DataFrame) -> tuple[str, str] | None:
+    """(verdict, numbers) for one continual-learning table; None when it has no Dowser chain or no rival."""
+    if "dowser" not in set(cl.method):
+        return None
     rivals = {m: cl[cl.method == m].BWT.mean() for m in ("full", "lora") if m in set(cl.method)}
     if not rivals:
-        return Verdict(claim, "not yet measured", "no Full-FT or LoRA sequence to compare with")
+        return None
     rows = cl[cl.method == "dowser"]
     ok = sum(all(r.BWT > v for v in rivals.values()) for r in rows.itertuples())
     label = rows.get("mask_mode", pd.Series([None] * len(rows), index=rows.index))
@@ -163,7 +162,58 @@ def claim_continual(cl: pd.DataFrame | None) -> Verdict:
         if verdict == "reproduced" and rows.MFT.max() < 0.5 * full_mft:
             verdict = "mixed"
             numbers += " (Dowser learned each task far less than Full-FT)"
-    return Verdict(claim, verdict, numbers)
+    return verdict, numbers
+
+
+def claim_continual(cl: pd.DataFrame | None) -> Verdict:
+    """5. Dowser forgets less in continual learning: every Dowser row's BWT above Full-FT's and
+    LoRA's (those present), judged per sequence setting (the `table` column: one committed table
+    per epochs-per-step etc.); reproduced when every setting reproduces it, not reproduced when
+    none does, mixed otherwise (a setting whose Dowser learned under half of Full-FT's MFT counts
+    as mixed)."""
+    claim = "Dowser forgets less in continual learning (BWT)"
+    if cl is None or cl.empty:
+        return Verdict(claim, "not yet measured", "no continual-learning table with Dowser")
+    groups = cl.groupby("table", sort=False) if "table" in cl else [(None, cl)]
+    judged = [(name, r) for name, g in groups if (r := _continual_one(g)) is not None]
+    if not judged:
+        return Verdict(claim, "not yet measured", "no continual-learning table with Dowser and Full-FT or LoRA")
+    verdicts = {v for _, (v, _) in judged}
+    verdict = verdicts.pop() if len(verdicts) == 1 else "mixed"
+    return Verdict(claim, verdict, "; ".join(f"{name}: {v}, {n}" if name else n for name, (v, n) in judged))
+
+
+def continual_tables(results: Path) -> pd.DataFrame | None:
+    """Every committed continual-learning metrics table (continual.parquet, continual*_metrics.parquet;
+    dowser.continual.write_tables), stacked with a `table` column naming its file."""
+    files = sorted(f for f in results.glob("continual*.parquet")
+                   if f.name == "continual.parquet" or f.name.endswith("_metrics.parquet"))
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f).assign(table=f.name.removesuffix(".parquet")) for f in files],
+                     ignore_index=True)
+
+
+def depth_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Full-FT's and Dowser's A_up, A_down and H (seed means) at every depth L of each (task,
+    recipe) with >= 2 depths: the paper's Figure 1 / Table 5 axis (claim 1)."""
+    runs = summary[summary.method.isin(["full", "dowser"])]
+    keep = runs.groupby(["task", *RECIPE]).L.transform("nunique") >= 2
+    runs = runs[keep].fillna({"rho": 0.0})
+    cols = [c for c in ("A_up", "A_down", "H", "update_norm_ratio") if c in runs]
+    out = runs.groupby(["task", *RECIPE, "method", "rho", "L"]).agg(
+        **{c: (c, "mean") for c in cols}, seeds=("A_up", "size")).reset_index()
+    return out.replace({"rho": {0.0: np.nan}})
+
+
+def main_recipe(summary: pd.DataFrame) -> tuple[float, int] | None:
+    """The recipe most runs share (config.yaml's, in the committed tables): plots over L and rho are drawn
+    at one recipe, never averaged across learning rates."""
+    runs = summary[(summary.method != "zero-shot") & summary.lr.notna()]
+    if runs.empty:
+        return None
+    lr, ep = runs.groupby(RECIPE).size().idxmax()
+    return float(lr), int(ep)
 
 
 def md_table(df: pd.DataFrame, digits: int = 2) -> str:
@@ -188,9 +238,7 @@ def render(results: Path, frac: float = 0.9) -> str:
     summary = _read(results / "summary.parquet")
     stab = _read(results / "stability.parquet")
     # dowser.continual.write_tables' metrics table, as committed by benchmarks or the continual rule
-    cl_file = next((results / f for f in ("continual.parquet", "continual_metrics.parquet")
-                    if (results / f).is_file()), None)
-    cl = _read(cl_file) if cl_file else None
+    cl = continual_tables(results)
     if summary is None:
         raise FileNotFoundError(f"{results / 'summary.parquet'} does not exist (dowser report --out {results})")
     verdicts = [claim_depth(summary), claim_random(summary), claim_deep(summary), claim_stability(stab),
@@ -220,6 +268,10 @@ def render(results: Path, frac: float = 0.9) -> str:
         out += ["\n## Dowser vs Random (paper Table 4 layout)\n", "H, mean ± sd over seeds (Random: mask seeds; "
                 "Dowser: probe seeds); controls at the same ρ; Full-FT at the same task, L and recipe.\n",
                 md_table(layout), "\nThe same with H_rel:\n", md_table(layout_table(summary, "H_rel"))]
+    depth = depth_table(summary)
+    if not depth.empty:
+        out += ["\n## Depth (claim 1)\n", "Seed means at each depth L (the last L decoder blocks trained).\n",
+                md_table(depth)]
     matched = matched_table(summary)
     if not matched.empty:
         out += ["\n## H at matched A_down\n", "A_up interpolated along each method's lr/epochs sweep (seed means) "
@@ -227,9 +279,22 @@ def render(results: Path, frac: float = 0.9) -> str:
     if stab is not None:
         out += ["\n## Score stability (paper Table 8)\n", md_table(stab, 4)]
     if cl is not None:
-        out += ["\n## Continual learning (paper Table 9)\n", f"From `{cl_file.name}`.\n", md_table(cl)]
-    plots = _plots(summary, results)
-    out += ["\n## Plots\n"] + [f"![{p[:-4]}]({results.name}/{p})\n" for p in plots]
+        out += ["\n## Continual learning (paper Table 9)\n", "One table per committed sequence setting (`table`: "
+                "its file in the results folder; `epochs`: epochs per step).\n", md_table(cl)]
+    wide = _read(results / "wide" / "summary.parquet")
+    if wide is not None:
+        v = claim_random(wide)
+        out += ["\n## Capacity: the wide world\n", "The same tasks on a decoder twice as wide (configs/world-wide.yaml, "
+                "its own pretrained base), tables in `wide/`. Claim 2 judged there by the same rule: "
+                f"**{v.verdict}** ({v.evidence}).\n", md_table(layout_table(wide, "H")),
+                "\nFull-FT there:\n", md_table(shown(wide[wide.method == "full"]))]
+    recipe = main_recipe(summary)
+    at = summary if recipe is None else summary[(summary.method == "zero-shot")
+                                                 | ((summary.lr == recipe[0]) & (summary.epochs == recipe[1]))]
+    plots = _plots(at, results)
+    out += ["\n## Plots\n", "" if recipe is None else f"At lr {recipe[0]:g} × {recipe[1]} epochs (the recipe most "
+            "runs share); the up-vs-down plot has every run at that recipe.\n"]
+    out += [f"![{p[:-4]}]({results.name}/{p})\n" for p in plots]
     out += ["\n## Every run\n", md_table(shown(summary))]
     return "\n".join(out)
 
