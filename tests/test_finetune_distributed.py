@@ -1,6 +1,14 @@
 """Two processes (gloo on CPU, `torch.distributed.run`) train what one process trains (issue 11):
 the same learning-rate trace (once per optimizer step), the same loss over each global batch
-and, within fp32 tolerance, the same weights; also under FSDP (`--sharding fsdp`)."""
+and, within fp32 tolerance, the same weights; with one replica per process (`--sharding none`)
+and under FSDP (`--sharding fsdp`), for every training path: masked sparse values (dowser; every
+masked method -- random, magnitude, wanda, the controls -- trains through the same code, only its
+mask file differs), dense weights (full), dense with per-step gating state (spider) and peft
+adapters merged after training (lora). A killed FSDP run resumes bit for bit.
+
+Runtime: the 2-process runs share two launches (all runs, then the resumes of the killed ones),
+so the interpreter and process-group start-up is paid twice, not once per case; each case's
+1-process reference trains once in this process."""
 
 import json
 import os
@@ -14,7 +22,22 @@ from safetensors.torch import load_file
 from worldrun import make_world, run_spec, train
 
 pytestmark = pytest.mark.distributed
-SPEC = run_spec("dowser", train_samples=20, warmup_ratio=0.5)  # batches 8, 8, 4: a short one each epoch
+# batches 8, 8, 4: a short one each epoch. LoRA without dropout: N processes draw other dropout
+# masks than one (each its own RNG stream over its share of the batch), so only dropout-free runs
+# can match one process entry for entry.
+RECIPE = {"train_samples": 20, "warmup_ratio": 0.5}
+SPEC = run_spec("dowser", **RECIPE)
+CASES = {  # name: spec
+    "dowser": SPEC,
+    "full": run_spec("full", **RECIPE),
+    "spider": run_spec("spider", **RECIPE),
+    "lora": run_spec("lora", params={"r": 4, "alpha": 8, "dropout": 0.0}, **RECIPE),
+    # the dense extras beside sparse values: the last blocks' norms and the lm_head (its own shard unit)
+    "dowser-extras": run_spec("dowser", train_norms=True, train_lm_head=True, **RECIPE),
+}
+RUNS = [(c, s) for c in CASES for s in ("none", "fsdp") if not (c == "dowser-extras" and s == "none")]
+RESUME = ["dowser", "spider", "lora"]  # killed after 4 of 6 steps under FSDP (spider: its gradient sum too)
+KILL_AT = 4
 
 
 @pytest.fixture(scope="module")
@@ -22,57 +45,121 @@ def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world"), train_size=20)
 
 
-# `finetune(stop_after=...)` under torch.distributed.run: a kill after that many steps
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """Each case's 1-process run, trained once and shared by its sharding modes."""
+    runs = {}
+
+    def get(case: str):
+        if case not in runs:
+            out = tmp_path_factory.mktemp(f"one-{case}")
+            train(world, out, spec=CASES[case])
+            runs[case] = out
+        return runs[case]
+
+    return get
+
+
+# Runs jobs in order in every process: ["cli", argv] through the command line, ["kill", spec, out,
+# sharding] as `finetune(stop_after=KILL_AT)` (a kill after that many optimizer steps). A line on
+# stderr names each job, so a failure's output says which one.
 DRIVER = """
 import json, sys
 from pathlib import Path
+from dowser import cli
 from dowser.finetune import finetune
-spec, world, out, stop, sharding = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-finetune(spec, world / "model", world / "data", out, world / "mask.h5", progress=False, stop_after=stop or None,
-         sharding=sharding)
-"""
-
-
-def launch(world, out, processes: int, *extra: str, stop_after: int = 0, gpu: bool = False) -> None:
-    if stop_after:
-        (out.parent / "driver.py").write_text(DRIVER)
-        cmd = [str(out.parent / "driver.py"), json.dumps(SPEC), str(world), str(out), str(stop_after), extra[-1]]
+world = Path(sys.argv[1])
+for job in json.loads(sys.argv[2]):
+    print("job", job[-1] if job[0] == "kill" else job[1], file=sys.stderr, flush=True)
+    if job[0] == "cli":
+        cli.main(job[1])
     else:
-        cmd = ["-m", "dowser.cli", "finetune", "--spec", json.dumps(SPEC), "--model", str(world / "model"),
-               "--data", str(world / "data"), "--mask", str(world / "mask.h5"), "--out", str(out), *extra]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *cmd]
+        spec, out, sharding = job[1:]
+        mask = world / "mask.h5" if spec["mask"] else None
+        finetune(spec, world / "model", world / "data", Path(out), mask, progress=False, stop_after=%d,
+                 sharding=sharding)
+""" % KILL_AT
+
+
+def argv(world, spec: dict, out, sharding: str) -> list[str]:
+    mask = ["--mask", str(world / "mask.h5")] if spec["mask"] else []
+    return ["finetune", "--spec", json.dumps(spec), "--model", str(world / "model"), "--data", str(world / "data"),
+            *mask, "--out", str(out), "--sharding", sharding]
+
+
+def launch(world, root, processes: int, jobs: list, gpu: bool = False) -> subprocess.CompletedProcess:
+    (root / "driver.py").write_text(DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           str(root / "driver.py"), str(world), json.dumps(jobs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def two(world, tmp_path_factory):
+    """Every 2-process run: root/<case>-<sharding>, root/<case>-split (killed, then resumed)."""
+    root = tmp_path_factory.mktemp("two")
+    jobs = [["cli", argv(world, CASES[c], root / f"{c}-{s}", s)] for c, s in RUNS]
+    jobs += [["kill", CASES[c], str(root / f"{c}-split"), "fsdp"] for c in RESUME]
+    first = launch(world, root, 2, jobs)
+    killed = {c: (root / f"{c}-split/checkpoint/rng.1.safetensors").exists() for c in RESUME}
+    resumes = [["cli", argv(world, CASES[c], root / f"{c}-split", "fsdp")] for c in RESUME if killed[c]]
+    second = launch(world, root, 2, resumes) if resumes else None
+    return root, first, second, killed
+
+
+def outcome(done, out) -> None:
+    if not (out / "delta.safetensors").exists():
+        pytest.fail(f"no {out.name}/delta.safetensors; the launch exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
 def log(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp"])
-def test_two_processes_train_what_one_trains(world, tmp_path, sharding):
-    train(world, tmp_path / "one", spec=SPEC)
-    launch(world, tmp_path / "two", 2, "--sharding", sharding)
-    one, two = log(tmp_path / "one"), log(tmp_path / "two")
-    assert [r["lr"] for r in two] == [r["lr"] for r in one]  # once per optimizer step, not N times
-    assert [r["tokens"] for r in two] == [r["tokens"] for r in one]  # the whole global batch, counted once
-    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
-    a, b = load_file(tmp_path / "one/delta.safetensors"), load_file(tmp_path / "two/delta.safetensors")
+@pytest.mark.parametrize("case,sharding", RUNS)
+def test_two_processes_train_what_one_trains(reference, two, case, sharding):
+    root, first, _, _ = two
+    out = root / f"{case}-{sharding}"
+    outcome(first, out)
+    one_dir = reference(case)
+    one, two_log = log(one_dir), log(out)
+    assert [r["lr"] for r in two_log] == [r["lr"] for r in one]  # once per optimizer step, not N times
+    assert [r["tokens"] for r in two_log] == [r["tokens"] for r in one]  # the whole global batch, counted once
+    assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+    a, b = load_file(one_dir / "delta.safetensors"), load_file(out / "delta.safetensors")
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5)  # Adam steps move entries by ~1e-2
-    run = json.loads((tmp_path / "two/run.json").read_text())
+        assert b[k].dtype == a[k].dtype and b[k].shape == a[k].shape, k
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5, msg=lambda m: f"{k}: {m}")  # Adam steps ~1e-2
+    run, ref = json.loads((out / "run.json").read_text()), json.loads((one_dir / "run.json").read_text())
     assert run["num_processes"] == 2 and run["sharding"] == sharding and run["sharded"] == (sharding == "fsdp")
-    if sharding == "fsdp":  # a killed sharded run resumes to the same weights, bit for bit
-        launch(world, tmp_path / "split", 2, "--sharding", sharding, stop_after=4)
-        assert (tmp_path / "split/checkpoint/rng.1.safetensors").exists()
-        launch(world, tmp_path / "split", 2, "--sharding", sharding)
-        c = load_file(tmp_path / "split/delta.safetensors")
-        assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in b)
-        assert log(tmp_path / "split") == two
+    assert run["trainable"] == ref["trainable"]
+    assert run["update_norm_ratio"] == pytest.approx(ref["update_norm_ratio"], rel=1e-3)
+
+
+def test_spider_case_exercises_its_gate(reference):
+    """Spider's reference is not Full-FT's: its gate (global mean / std of each whole tensor, also
+    under FSDP where a process holds one shard) moved entries back toward theta_pre, so the FSDP
+    case above checks the gate's statistics, not only Adam."""
+    full, spider = load_file(reference("full") / "delta.safetensors"), load_file(reference("spider") / "delta.safetensors")
+    assert full.keys() == spider.keys()
+    assert all(float((spider[k] - full[k]).abs().max()) > 1e-3 for k in full)
+
+
+@pytest.mark.parametrize("case", RESUME)
+def test_killed_fsdp_run_resumes_bit_for_bit(two, case):
+    root, first, second, killed = two
+    assert killed[case], f"no checkpoint after the kill; the launch exited {first.returncode}:\n{first.stderr[-3000:]}"
+    split, whole = root / f"{case}-split", root / f"{case}-fsdp"
+    outcome(second, split)
+    outcome(first, whole)
+    c, b = load_file(split / "delta.safetensors"), load_file(whole / "delta.safetensors")
+    assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in b)
+    assert log(split) == log(whole)
+    assert len(log(split)) == 6 > KILL_AT
 
 
 @pytest.mark.gpu
@@ -82,7 +169,8 @@ def test_fsdp_on_one_gpu_bf16(tmp_path):
     what the plain path trains, within bf16 compute tolerance."""
     world = make_world(tmp_path / "w", train_size=20, dtype="bfloat16")
     train(world, tmp_path / "plain", spec=SPEC)
-    launch(world, tmp_path / "fsdp", 1, "--sharding", "fsdp", gpu=True)
+    done = launch(world, tmp_path, 1, [["cli", argv(world, SPEC, tmp_path / "fsdp", "fsdp")]], gpu=True)
+    outcome(done, tmp_path / "fsdp")
     run = json.loads((tmp_path / "fsdp/run.json").read_text())
     assert run["sharded"] and run["device"].startswith("cuda")
     a, b = load_file(tmp_path / "plain/delta.safetensors"), load_file(tmp_path / "fsdp/delta.safetensors")
