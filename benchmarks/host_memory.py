@@ -177,7 +177,8 @@ def main():
     ap.add_argument("--dir", type=Path, help="keep the inputs here and reuse them on the next run (default: a "
                     "temporary folder, removed after)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
-    ap.add_argument("--stages", nargs="+", default=list(STAGES))
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                    help="measure these only; the JSON keeps the other stages' rows of the same --blocks")
     args = ap.parse_args()
     if args.stage:
         print(json.dumps(stage(args.stage, args.dir, args.blocks)))
@@ -195,6 +196,9 @@ def main():
         n_weights = sum(a * b for a, b in shapes(args.blocks).values())
         results = []
         for name in args.stages:
+            if name == "stability" and not (d / "merged.h5").exists():  # its input b: made, not measured
+                subprocess.run([sys.executable, __file__, "--stage", "merge", "--dir", str(d), "--blocks",
+                                str(args.blocks)], check=True, capture_output=True)
             proc = subprocess.run([sys.executable, __file__, "--stage", name, "--dir", str(d), "--blocks",
                                    str(args.blocks)], capture_output=True, text=True)
             if proc.returncode:

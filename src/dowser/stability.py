@@ -25,6 +25,8 @@ rounding) when no two distinct scores of a side share a bucket (e.g. bf16 scores
 at most 3e-8 measured on 2M uniform, log-normal or independent float64 scores
 (benchmarks/spearman_bits.py; 16 bits: 9e-6). The pooled row is the same statistic over
 all modules at once, from pooled histograms: as exact as the per-module rows, not a sample.
+Peak: two bool masks, then four rank tables (below); 1.10x one fp32 copy of the largest
+module above the interpreter on two 7B-shaped blocks (benchmarks/results/host_memory.json).
 """
 
 from __future__ import annotations
@@ -42,24 +44,26 @@ from dowser.mask import MaskSet, RandomSource, Source, _keys, as_sources
 # benchmarks/results/spearman_bits.json.
 BITS = 22
 _BLOCK = 1 << 16  # buckets per step when turning counts into ranks (temporaries stay small)
+_PIECE = 1 << 18  # entries per step of a pass: its temporaries (keys, buckets, products) are a few MiB
 
 
 def _buckets(src: Source, name: str) -> Iterator[np.ndarray]:
     """The bucket of every score of one module, chunk by chunk in row-major order."""
     shift = 32 - BITS
     for c in src.chunks():
-        try:
-            key = _keys(c, 32, False)  # float64 scores round to float32 first: order kept, ties only
-        except ValueError as e:
-            if str(e) == "NaN":
-                raise ValueError(f"{name}: the scores contain NaN") from None
-            raise
-        key >>= shift
-        yield key.astype(np.intp)
+        for i in range(0, c.size, _PIECE):
+            try:
+                key = _keys(c[i : i + _PIECE], 32, False)  # float64 rounds to float32: order kept, ties only
+            except ValueError as e:
+                if str(e) == "NaN":
+                    raise ValueError(f"{name}: the scores contain NaN") from None
+                raise
+            key >>= shift
+            yield key.astype(np.intp)
 
 
 def _count(h: np.ndarray, src: Source, name: str) -> None:
-    """Add one module's bucket counts to `h` (bincount over the chunk's span of buckets only)."""
+    """Add one module's bucket counts to `h` (bincount over each piece's span of buckets only)."""
     for b in _buckets(src, name):
         if b.size:
             lo = int(b.min())
@@ -67,23 +71,26 @@ def _count(h: np.ndarray, src: Source, name: str) -> None:
             h[lo : lo + c.size] += c
 
 
+def _table() -> np.ndarray:
+    """Bucket counts, then ranks: float64 holds both as exact integers (below 2^53), so a
+    lookup needs no conversion before the float64 products."""
+    return np.zeros(1 << BITS, np.float64)
+
+
 def _ranks(h: np.ndarray) -> float:
     """Turn counts `h` into centred doubled mid-ranks in place: h[k] becomes 2 r_k - (n + 1),
     where r_k = (entries before bucket k) + (h[k] + 1) / 2 is the mid-rank of bucket k's ties
     (an exact integer, so sum count * centred rank = 0 exactly). Returns sum count * h[k]^2,
-    the sum of squares of the centred doubled ranks, in float64."""
-    n = int(h.sum())
-    before, ss = 0, 0.0
+    the sum of squares of the centred doubled ranks."""
+    n = float(h.sum())
+    before, ss = 0.0, 0.0
     for i in range(0, h.size, _BLOCK):
         cnt = h[i : i + _BLOCK].copy()
-        cum = np.cumsum(cnt) + before  # entries up to and including each bucket
-        before = int(cum[-1])
-        d = 2 * cum - cnt - n
-        df = d.astype(np.float64)
-        df *= df
-        df *= cnt
-        ss += float(df.sum())  # pairwise sum; not BLAS dot, whose threads stall a loaded machine
+        d = np.cumsum(cnt) + before  # entries up to and including each bucket: c[k + 1]
+        before = float(d[-1])
+        d = 2 * d - cnt - n  # c[k] + c[k + 1] - n
         h[i : i + _BLOCK] = d
+        ss += float((cnt * d * d).sum())  # pairwise sum; not BLAS dot, whose threads stall a loaded machine
     return ss
 
 
@@ -116,7 +123,7 @@ def _cross(name: str, sa: Source, sb: Source, tables) -> list[float]:
     out = [0.0] * len(tables)
     for ba, bb in _aligned(_buckets(sa, name), _buckets(sb, name)):
         for i, (ra, rb) in enumerate(tables):
-            p = ra[ba].astype(np.float64)
+            p = ra[ba]
             p *= rb[bb]
             out[i] += float(p.sum())
     return out
@@ -133,7 +140,7 @@ def _spearman(x, y) -> float:
     sa, sb = as_sources({"x": np.ravel(x), "y": np.ravel(y)}).values()
     if sa.size != sb.size:
         raise ValueError(f"_spearman: lengths differ ({sa.size} vs {sb.size})")
-    ha, hb = np.zeros(1 << BITS, np.int64), np.zeros(1 << BITS, np.int64)
+    ha, hb = _table(), _table()
     _count(ha, sa, "x")
     _count(hb, sb, "y")
     ssa, ssb = _ranks(ha), _ranks(hb)
@@ -159,13 +166,13 @@ def compare(a: Mapping, b: Mapping, top: float = 0.1, scope: str = "module", see
         del m
     # pooled ranks first (a pass over every module), so one more pass per module gives both
     # its own and the pooled cross products
-    pa, pb = np.zeros(1 << BITS, np.int64), np.zeros(1 << BITS, np.int64)
+    pa, pb = _table(), _table()
     for k in a:
         _count(pa, a[k], k)
         _count(pb, b[k], k)
     pssa, pssb = _ranks(pa), _ranks(pb)
     rows, pcross = [], 0.0
-    ha, hb = np.empty(1 << BITS, np.int64), np.empty(1 << BITS, np.int64)
+    ha, hb = _table(), _table()
     for k in a:
         ha[:], hb[:] = 0, 0
         _count(ha, a[k], k)
