@@ -136,6 +136,8 @@ def test_two_processes_train_what_one_trains(reference, two, case, sharding):
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5, msg=lambda m: f"{k}: {m}")  # Adam steps ~1e-2
     run, ref = json.loads((out / "run.json").read_text()), json.loads((one_dir / "run.json").read_text())
     assert run["num_processes"] == 2 and run["sharding"] == sharding and run["sharded"] == (sharding == "fsdp")
+    # under FSDP rank 1 builds the model on the meta device and prepare broadcasts rank 0's weights
+    assert run["checkpoint_reads"] == (1 if sharding == "fsdp" else 2) and ref["checkpoint_reads"] == 1
     assert run["trainable"] == ref["trainable"]
     assert run["update_norm_ratio"] == pytest.approx(ref["update_norm_ratio"], rel=1e-3)
 

@@ -8,9 +8,24 @@ when the recipe's `mixed_precision` asks. Sharding (a runtime choice, not in the
 "none" = one replica per process (DDP when several), "fsdp" = FSDP2 through accelerate
 (each decoder block, the embeddings and the head are shard units; parameters, gradients
 and optimizer state are sharded), "auto" = fsdp when the job has more than one CUDA device.
+
+Host memory (FSDP with several processes): only rank 0 reads the checkpoint; the other ranks
+build the model with its parameters on the meta device (`dowser.models.load_model(empty=True)`)
+and accelerate's prepare broadcasts rank 0's weights into the shards (`cpu_ram_efficient_loading`;
+FSDP2 needs no `sync_module_states`). Not through accelerate's FSDP_CPU_RAM_EFFICIENT_LOADING
+variable: transformers 5 no longer skips reading the weights on ranks > 0 under it (4.x did,
+on each node's local rank > 0). Arithmetic (LLaVA-1.5-7B, 7.06e9 parameters, bf16: 14.1 GB):
+a copy per process is 8 x 14.1 = 113 GB of a node's host RAM before sharding, plus the fp32
+masters `fp32_masters` makes of the trainable set (Full-FT of all 32 blocks' linears: +13 GB
+each, 8 x 27 = 216 GB); one copy per job is 14.1 GB (+ its masters) on rank 0's node. The
+fine-tune loop reads weight values before prepare (||W0||) on rank 0 only, and everything it
+does to the model before prepare (masks, adapters, masters) holds for meta tensors.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 
@@ -30,7 +45,39 @@ def precision_for(model, mixed_precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, mixed_precision)
 
 
-def fsdp_plugin(model, precision: str):
+@contextlib.contextmanager
+def _environment_kept():
+    """accelerate's FSDP plugin and Accelerator write FSDP_CPU_RAM_EFFICIENT_LOADING and
+    ACCELERATE_USE_FSDP into os.environ. Left set, a later run in the same process (tests, an API
+    user's loop) with sharding none would get a default FSDP plugin from `Accelerator()` on GPU, and
+    a later `from_pretrained` (transformers 4.x) would leave ranks > 0 on the meta device."""
+    keys = ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start(sharding: str):
+    """The process group (accelerate's PartialState, gloo on CPU) and the resolved sharding mode,
+    before the model loads: under FSDP only rank 0 reads it (`loads_on_rank0`)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # accelerate finds gloo on CPU only when told
+    return state, resolve_sharding(sharding, state.num_processes, torch.cuda.is_available())
+
+
+def loads_on_rank0(mode: str, num_processes: int) -> bool:
+    """One checkpoint read per job (rank 0), broadcast into the shards: FSDP with several processes."""
+    return mode == "fsdp" and num_processes > 1
+
+
+def fsdp_plugin(model, precision: str, rank0_loaded: bool = False):
     from accelerate import FullyShardedDataParallelPlugin
 
     from dowser.models import decoder_blocks
@@ -43,26 +90,30 @@ def fsdp_plugin(model, precision: str):
 
         compute = torch.bfloat16 if precision == "bf16" else torch.float16
         policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)  # fp32 gradient reduction
-    return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                          transformer_cls_names_to_wrap=names, reshard_after_forward=True,
-                                          mixed_precision_policy=policy, state_dict_type="FULL_STATE_DICT",
-                                          cpu_ram_efficient_loading=False)
+    with _environment_kept():
+        return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                              transformer_cls_names_to_wrap=names, reshard_after_forward=True,
+                                              mixed_precision_policy=policy, state_dict_type="FULL_STATE_DICT",
+                                              cpu_ram_efficient_loading=rank0_loaded)
 
 
-def make_accelerator(model, mixed_precision: str, sharding: str = "auto"):
-    """(Accelerator, resolved sharding mode)."""
-    from accelerate import Accelerator, PartialState
+def make_accelerator(model, mixed_precision: str, sharding: str = "auto", rank0_loaded: bool = False):
+    """(Accelerator, resolved sharding mode). `rank0_loaded`: only rank 0 read the weights (meta
+    tensors elsewhere, `loads_on_rank0`); prepare broadcasts them."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    cpu = not torch.cuda.is_available()  # accelerate finds a gloo process group on CPU only when told
-    state = PartialState(cpu=cpu)
+    cpu = not torch.cuda.is_available()
+    state, mode = start(sharding)
     # AcceleratorState is a per-process singleton: a second run in the same process (tests, an API
     # user's loop) may need another precision or plugin. The process group (PartialState) stays.
     AcceleratorState._reset_state(reset_partial_state=False)
-    mode = resolve_sharding(sharding, state.num_processes, torch.cuda.is_available())
+    if rank0_loaded and mode != "fsdp":
+        raise ValueError(f"make_accelerator: a model loaded on rank 0 only needs sharding fsdp, not {mode}")
     precision = precision_for(model, mixed_precision)
-    plugin = fsdp_plugin(model, precision) if mode == "fsdp" else None
-    acc = Accelerator(cpu=cpu, mixed_precision=precision, fsdp_plugin=plugin)
+    plugin = fsdp_plugin(model, precision, rank0_loaded) if mode == "fsdp" else None
+    with _environment_kept():
+        acc = Accelerator(cpu=cpu, mixed_precision=precision, fsdp_plugin=plugin)
     if plugin is not None and getattr(acc.state, "fsdp_plugin", None) is None:
         # accelerate switches to FSDP for accelerator backends only; on a CPU (gloo) process group
         # (the tests) set the state it would set, so the same fully_shard path runs.
@@ -73,6 +124,22 @@ def make_accelerator(model, mixed_precision: str, sharding: str = "auto"):
             plugin.set_mixed_precision(precision)
         acc.state.fsdp_plugin = plugin
     return acc, mode
+
+
+def prepare(acc, model, opt):
+    """accelerate's prepare, then the optimizer's parameters looked up again by name. accelerate
+    maps old to new parameters by `data_ptr()`, which is 0 for every meta tensor: on ranks > 0 of a
+    rank-0 load each optimizer slot would get the same parameter."""
+    from accelerate.utils.fsdp_utils import fsdp2_canonicalize_names
+
+    names = {id(p): n for n, p in fsdp2_canonicalize_names(dict(model.named_parameters())).items()}
+    order = [[names[id(p)] for p in group["params"]] for group in opt.param_groups]
+    model, opt = acc.prepare(model, opt)
+    if getattr(acc.state, "fsdp_plugin", None) is not None:
+        new = fsdp2_canonicalize_names(dict(acc.unwrap_model(model).named_parameters()))
+        for group, keys in zip(opt.param_groups, order):
+            group["params"] = [new[k] for k in keys]
+    return model, opt
 
 
 def unwrap_params(opt) -> list:

@@ -106,7 +106,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
     the result (runtime options, not in the spec); `cache_prefix=False` (tests, benchmarks) runs the
     frozen blocks in every step (`dowser.prefix`: same result up to float summation order)."""
-    from dowser.distributed import make_accelerator, unshard_all, unwrap_params
+    from dowser.distributed import loads_on_rank0, make_accelerator, prepare, start, unshard_all, unwrap_params
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -118,12 +118,18 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         raise ValueError(f"method '{spec['method']}' is post-hoc: it edits a Full-FT run (--parent)")
     masks = None if method.dense else read_checked_masks(spec, mask_path)
     torch.manual_seed(cfg.seed)
-    model, processor = load_artifact(model_path, device="cpu")  # accelerate places it
-    acc, mode = make_accelerator(model, cfg.mixed_precision, sharding)
+    state, mode = start(sharding)  # the process group first: under FSDP only rank 0 reads the checkpoint
+    rank0 = loads_on_rank0(mode, state.num_processes)
+    # accelerate places it; empty: parameters on the meta device, rank 0's broadcast by prepare
+    model, processor = load_artifact(model_path, device="cpu", empty=rank0 and not state.is_main_process)
+    acc, mode = make_accelerator(model, cfg.mixed_precision, sharding, rank0_loaded=rank0)
     main = acc.is_main_process
-    # before any change: ||dW|| / ||W0|| at the end (the main process alone keeps W0 of dense methods)
+    read = torch.tensor(float(not any(p.is_meta for p in model.parameters())), device=acc.device)
+    reads = int(acc.reduce(read, "sum"))  # processes that read the checkpoint (run.json)
+    # before any change: ||dW|| / ||W0|| at the end, on the main process alone (ranks > 0 may hold
+    # meta tensors until prepare broadcasts rank 0's weights)
     extras = dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head)  # named before prepare renames any
-    base = base_weights(model, depth, dense=method.dense and main, extras=extras if main else [])
+    base = base_weights(model, depth, dense=method.dense, extras=extras) if main else {}
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
     vectors = [p for _, p in extras]
     for p in vectors:
@@ -145,7 +151,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     total = math.ceil(sampler.total / cfg.grad_accum)  # optimizer steps
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))  # stepped by hand, once
-    model, opt = acc.prepare(model, opt)
+    model, opt = prepare(acc, model, opt)
     params = unwrap_params(opt)
     sharded = any(hasattr(p, "device_mesh") for p in params)  # FSDP holds DTensor shards
     model.train()
@@ -211,6 +217,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     summary = {"steps": total, "final_loss": log[-1]["loss"] if log else None, "trainable": n_trainable,
                "update_norm_ratio": update_norm_ratio(base, state), "torch_threads": torch.get_num_threads(),
                "num_processes": acc.num_processes, "device": str(acc.device), "sharding": mode, "sharded": sharded,
+               "checkpoint_reads": reads,
                "pretokenized": data.pretokenized, "prefix_cached": prefix is not None}
     write_json(out_dir / "run.json", summary)
     write_spec(out_dir, json.dumps(spec), started)

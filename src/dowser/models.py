@@ -263,6 +263,7 @@ def load_model(
     trust_remote_code: bool = False,
     dtype: str = "float32",
     device: str = "cpu",
+    empty: bool = False,
 ):
     """Load a checkpoint folder or a hub model -> (model in eval mode, processor or tokenizer).
 
@@ -271,6 +272,8 @@ def load_model(
     through AutoModelForImageTextToText; a config that class does not know (a text-only LLM)
     falls back to AutoModelForCausalLM. Only safetensors are read (no pickle).
     `trust_remote_code` runs the checkpoint's own *.py (e.g. NVILA): off unless asked.
+    `empty`: read no weights; parameters on the meta device, buffers real (FSDP ranks > 0: accelerate
+    broadcasts rank 0's weights into the shards, `dowser.distributed.loads_on_rank0`).
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -283,18 +286,30 @@ def load_model(
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     path = resolve_model(name, revision)
     kwargs = dict(dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
+
+    def build(auto):
+        if not empty:
+            return auto.from_pretrained(path, **kwargs)
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with init_empty_weights(include_buffers=False):  # buffers computed by __init__ (rotary, positions)
+            return auto.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        model = build(AutoModelForImageTextToText)
     except ValueError as err:
         # "Unrecognized configuration class ... for this kind of AutoModel": text-only.
         if "Unrecognized configuration class" not in str(err):
             raise
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = build(AutoModelForCausalLM)
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError):
         processor = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model.to(device)
+    if not empty:
+        model.to(device)
     model.eval()
     return model, processor
 
@@ -320,9 +335,9 @@ def download_model(spec: dict, out: str | Path) -> Path:
     return out
 
 
-def load_artifact(path: str | Path, device: str | None = None):
+def load_artifact(path: str | Path, device: str | None = None, empty: bool = False):
     """Load a pipeline base model folder with the dtype and trust_remote_code of its spec.json
-    (written by the model stage); device: cuda when available unless given."""
+    (written by the model stage); device: cuda when available unless given; `empty`: see load_model."""
     import json
 
     import torch
@@ -332,5 +347,5 @@ def load_artifact(path: str | Path, device: str | None = None):
     spec = json.loads(spec_file.read_text()) if spec_file.exists() else {}
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(path, dtype=spec.get("dtype", "float32"), device=device,
+    return load_model(path, dtype=spec.get("dtype", "float32"), device=device, empty=empty,
                       trust_remote_code=bool(spec.get("trust_remote_code", False)))

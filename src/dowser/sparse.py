@@ -32,6 +32,8 @@ class SparseDelta(nn.Module):
         self.values = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.is_meta:  # FSDP rank > 0 before prepare broadcasts rank 0's weights: shape and dtype only
+            return weight
         return sparse_weight(weight, self.index, self.values).view_as(weight)
 
 
@@ -70,7 +72,8 @@ def head_params(model) -> list[tuple[str, nn.Parameter]]:
     if head is None or getattr(head, "weight", None) is None:
         raise ValueError("finetune.train.train_lm_head: the model has no lm_head (get_output_embeddings() is None)")
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and emb.weight.data_ptr() == head.weight.data_ptr():
+    if emb is not None and (emb.weight is head.weight or (not head.weight.is_meta and  # meta: data_ptr() is 0
+                                                           emb.weight.data_ptr() == head.weight.data_ptr())):
         raise ValueError("finetune.train.train_lm_head: the model's lm_head weight is tied to its input embeddings "
                          "(tie_word_embeddings); training it would also train embed_tokens")
     names = {id(p): n for n, p in model.named_parameters()}
@@ -104,8 +107,11 @@ def apply_masks(model, masks: dict[str, np.ndarray] | None, depth: int) -> list[
             module.weight.requires_grad_(True)
             params.append(module.weight)
             continue
-        index = torch.from_numpy(np.flatnonzero(masks[m.name].ravel())).to(module.weight.device)
-        delta = SparseDelta(index).to(module.weight.device)
+        # a meta weight (FSDP, read on rank 0 only) gets a real index: a non-persistent buffer, kept
+        # by accelerate's prepare, not broadcast
+        device = torch.device("cpu") if module.weight.is_meta else module.weight.device
+        index = torch.from_numpy(np.flatnonzero(masks[m.name].ravel())).to(device)
+        delta = SparseDelta(index).to(device)
         parametrize.register_parametrization(module, "weight", delta, unsafe=True)
         module.parametrizations.weight.original.requires_grad_(False)
         params.append(delta.values)
