@@ -45,7 +45,8 @@ def test_plugin_broadcasts_rank0_weights_only_when_asked(saved):
     assert mode == "fsdp" and acc.state.fsdp_plugin.cpu_ram_efficient_loading is True
     # the plugin's environment variables do not outlive make_accelerator (a later load would see them)
     assert {k: os.environ.get(k) for k in before} == before
-    with pytest.raises(ValueError, match="^make_accelerator: a model loaded on rank 0 only needs sharding fsdp, not none$"):
+    with pytest.raises(ValueError, match="^make_accelerator: a model loaded on rank 0 only needs sharding fsdp, "
+                                         "not none$"):
         make_accelerator(model, "no", "none", rank0_loaded=True)
 
 

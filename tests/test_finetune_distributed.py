@@ -4,7 +4,8 @@ and, within fp32 tolerance, the same weights; with one replica per process (`--s
 and under FSDP (`--sharding fsdp`), for every training path: masked sparse values (dowser; every
 masked method -- random, magnitude, wanda, the controls -- trains through the same code, only its
 mask file differs), dense weights (full), dense with per-step gating state (spider) and peft
-adapters merged after training (lora). A killed FSDP run resumes bit for bit.
+adapters merged after training (lora). Under FSDP only rank 0 reads the checkpoint (rank 1 builds
+the model on the meta device; prepare broadcasts). A killed FSDP run resumes bit for bit.
 
 Runtime: the 2-process runs share two launches (all runs, then the resumes of the killed ones),
 so the interpreter and process-group start-up is paid twice, not once per case; each case's
@@ -146,7 +147,7 @@ def test_spider_case_exercises_its_gate(reference):
     """Spider's reference is not Full-FT's: its gate (global mean / std of each whole tensor, also
     under FSDP where a process holds one shard) moved entries back toward theta_pre, so the FSDP
     case above checks the gate's statistics, not only Adam."""
-    full, spider = load_file(reference("full") / "delta.safetensors"), load_file(reference("spider") / "delta.safetensors")
+    full, spider = (load_file(reference(m) / "delta.safetensors") for m in ("full", "spider"))
     assert full.keys() == spider.keys()
     assert all(float((spider[k] - full[k]).abs().max()) > 1e-3 for k in full)
 

@@ -15,7 +15,8 @@ model computes under autocast; the loss is the sum over the answer tokens of the
 batch (all processes, all accumulated micro-batches) divided by their count; the learning
 rate steps once per optimizer step. Under `accelerate launch` each process takes an
 interleaved share of every global batch (`GlobalBatches`), so N processes see the same
-samples per step as one; `sharding` ("auto": FSDP when several GPUs) is a runtime choice.
+samples per step as one; `sharding` ("auto": FSDP when several GPUs) is a runtime choice
+(under FSDP only rank 0 reads the checkpoint: `dowser.distributed`).
 Samples are tokenised once (`dowser.data.SFTSamples`) and, where they fit, the frozen blocks
 below the last L run once per sample (`dowser.prefix`), not once per epoch.
 
