@@ -61,18 +61,21 @@ def reference(world, tmp_path_factory):
     return get
 
 
-# Runs jobs in order in every process: ["cli", argv] through the command line, ["kill", spec, out,
+# Runs jobs in order in every process: ["cli", argv] through the command line ("cli-all-read": with
+# every process reading the checkpoint, as before FSDP read it on rank 0 only), ["kill", spec, out,
 # sharding] as `finetune(stop_after=KILL_AT)` (a kill after that many optimizer steps). A line on
 # stderr names each job, so a failure's output says which one.
 DRIVER = """
 import json, sys
 from pathlib import Path
-from dowser import cli
+from dowser import cli, distributed
 from dowser.finetune import finetune
 world = Path(sys.argv[1])
+rank0 = distributed.loads_on_rank0
 for job in json.loads(sys.argv[2]):
     print("job", job[-1] if job[0] == "kill" else job[1], file=sys.stderr, flush=True)
-    if job[0] == "cli":
+    distributed.loads_on_rank0 = (lambda mode, n: False) if job[0] == "cli-all-read" else rank0
+    if job[0].startswith("cli"):
         cli.main(job[1])
     else:
         spec, out, sharding = job[1:]
@@ -104,6 +107,7 @@ def two(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     jobs = [["cli", argv(world, CASES[c], root / f"{c}-{s}", s)] for c, s in RUNS]
     jobs += [["kill", CASES[c], str(root / f"{c}-split"), "fsdp"] for c in RESUME]
+    jobs += [["cli-all-read", argv(world, CASES["full"], root / "full-all-read", "fsdp")]]
     first = launch(world, root, 2, jobs)
     killed = {c: (root / f"{c}-split/checkpoint/rng.1.safetensors").exists() for c in RESUME}
     resumes = [["cli", argv(world, CASES[c], root / f"{c}-split", "fsdp")] for c in RESUME if killed[c]]
@@ -150,6 +154,18 @@ def test_spider_case_exercises_its_gate(reference):
     full, spider = (load_file(reference(m) / "delta.safetensors") for m in ("full", "spider"))
     assert full.keys() == spider.keys()
     assert all(float((spider[k] - full[k]).abs().max()) > 1e-3 for k in full)
+
+
+def test_rank0_read_trains_what_every_process_reading_trains(two):
+    """Rank 0's weights broadcast into the shards (rank 1 on the meta device until prepare) give
+    the run, bit for bit, that every process reading the checkpoint gives."""
+    root, first, _, _ = two
+    outcome(first, root / "full-all-read")
+    outcome(first, root / "full-fsdp")
+    a, b = load_file(root / "full-all-read/delta.safetensors"), load_file(root / "full-fsdp/delta.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert log(root / "full-all-read") == log(root / "full-fsdp")
+    assert json.loads((root / "full-all-read/run.json").read_text())["checkpoint_reads"] == 2
 
 
 @pytest.mark.parametrize("case", RESUME)
