@@ -41,6 +41,11 @@ def test_claim_depth_verdicts():
     both = pd.concat([falls, frame([row("full", up, 200.0, L=L, task="t2") for L, up in ((1, 5.0), (6, 30.0))])])
     assert claim_depth(both).verdict == "mixed"
     assert claim_depth(frame([row("full", 5.0, 200.0)])).verdict == "not yet measured"
+    floor = frame([row("full", up, 200.0, L=L) for L, up in ((1, 0.5), (6, 0.0))])  # nothing left to lose
+    v = claim_depth(floor)
+    assert v.verdict == "not yet measured" and "at the floor" in v.evidence
+    v = claim_depth(pd.concat([falls, frame([dict(r, lr=0.1) for r in floor.to_dict("records")])]))
+    assert v.verdict == "reproduced" and "falls in 1 of 1" in v.evidence and "at the floor" in v.evidence
 
 
 def test_claim_deep_verdicts():

@@ -28,6 +28,7 @@ PAPER_SPEARMAN_MIN = 0.861
 PAPER_HAMMING_RATIO_MAX = 0.064 / 0.226
 ALPHA = 0.05
 POST_HOC = ("dare", "tailor", "grafting")
+FLOOR_UP = 5.0  # % upstream accuracy: below it a depth sweep has nothing left to lose
 DEEP_MIN = 6  # "deep L": every block of the world's decoder (WorldConfig.text_layers)
 
 
@@ -44,23 +45,30 @@ def _three_way(ok: int, total: int) -> str:
 
 def claim_depth(summary: pd.DataFrame) -> Verdict:
     """1. Full-FT's A_up falls further as L grows: in each (task, recipe) with >= 2 depths,
-    A_up at the deepest L is below A_up at the shallowest and Spearman(L, A_up) < 0."""
+    A_up at the deepest L is below A_up at the shallowest and Spearman(L, A_up) < 0. A sweep
+    whose shallowest A_up is already at the floor (< FLOOR_UP: everything forgotten at every
+    depth) cannot show a fall: it is listed, not counted."""
     claim = "Full-FT's upstream accuracy falls further as L grows"
     full = summary[summary.method == "full"]
-    groups, ok, parts = 0, 0, []
+    groups, ok, parts, floor = 0, 0, [], []
     for (task, lr, ep), g in full.groupby(["task", *RECIPE]):
         pts = g.groupby("L")["A_up"].mean()
         if len(pts) < 2:
             continue
-        groups += 1
         rs = spearman(pts.index, pts.values)
-        falls = pts.iloc[-1] < pts.iloc[0] and rs is not None and rs < 0
-        ok += falls
-        parts.append(f"{task} lr {lr:g}×{ep}: A_up {pts.iloc[0]:.1f} (L={pts.index[0]}) → {pts.iloc[-1]:.1f} "
-                     f"(L={pts.index[-1]}), Spearman {rs if rs is None else round(rs, 2)}")
+        text = (f"{task} lr {lr:g}×{ep}: A_up {pts.iloc[0]:.1f} (L={pts.index[0]}) → {pts.iloc[-1]:.1f} "
+                f"(L={pts.index[-1]}), Spearman {rs if rs is None else round(rs, 2)}")
+        if pts.iloc[0] < FLOOR_UP:
+            floor.append(text)
+            continue
+        groups += 1
+        ok += pts.iloc[-1] < pts.iloc[0] and rs is not None and rs < 0
+        parts.append(text)
+    floor_txt = f"; at the floor from the shallowest L (not counted): {'; '.join(floor)}" if floor else ""
     if not groups:
-        return Verdict(claim, "not yet measured", "no Full-FT runs at two or more depths")
-    return Verdict(claim, _three_way(ok, groups), f"falls in {ok} of {groups} sweeps; " + "; ".join(parts))
+        return Verdict(claim, "not yet measured", ("no Full-FT sweep over depths above the floor" + floor_txt)
+                       if floor else "no Full-FT runs at two or more depths")
+    return Verdict(claim, _three_way(ok, groups), f"falls in {ok} of {groups} sweeps; " + "; ".join(parts) + floor_txt)
 
 
 def claim_random(summary: pd.DataFrame) -> Verdict:
