@@ -67,6 +67,31 @@ def test_outer_l1_equals_brute_force_with_the_same_draws(llama64, output):
         np.testing.assert_allclose(fast[name].numpy(), slow[name].numpy(), rtol=1e-6, atol=1e-12)
 
 
+def test_output_that_f_does_not_depend_on_scores_zero(llama64):
+    """The backward goes only as deep as the first scored modules; a scored output that is not between
+    them and f (here the last block's o_proj, detached after the attention) gets zero scores, and the
+    others still equal brute force."""
+    attn = llama64.model.layers[-1].self_attn
+    handle = attn.register_forward_hook(lambda mod, inp, out: (out[0].detach(), *out[1:]))
+    try:
+        cfg = ScoreConfig(estimator="l1", draws=2, seed=3, batch_size=2)
+        fast = score_model(llama64, probes_df(), draws=2, seed=3, batch_size=2)
+        detached = "model.layers.1.self_attn.o_proj"
+        assert fast[detached].abs().max() == 0
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+            W = dict(llama64.named_modules())[name].weight.detach().abs()
+            total = 0
+            for k, ids in enumerate(PROBES):
+                J, h = exact_jacobians(llama64, ids, name)
+                V, T = J.shape[1], len(ids)
+                g = torch.stack([torch.einsum("av,avti->ti", rademacher((T, V), draw_seed(cfg.seed, k, r)).double(), J)
+                                 for r in range(cfg.draws)])
+                total = total + g.abs().mean(0).T @ h.abs()
+            np.testing.assert_allclose(fast[name].numpy(), (W * total / len(PROBES)).numpy(), rtol=1e-6, atol=1e-12)
+    finally:
+        handle.remove()
+
+
 def test_l2_converges_to_exact_jacobian_row_norms(llama64):
     seqs = PROBES[:1]
     fast = score_model(llama64, probes_df(seqs), draws=2048, estimator="l2", seed=1, batch_size=1)

@@ -13,12 +13,12 @@ so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (METHOD.md §1
 |W| * mean_n a_n b_n^T at merge. xi for probe k is drawn from a generator seeded by
 (spec seed, k), so scores do not depend on the shard count or the batch size.
 
-Cost (benchmarks/score_overhead.py): the R gradients of all scored outputs come back from
-one `torch.autograd.grad` call per draw (xi passed as f's cotangent: no xi * f product) and
-are accumulated with `torch._foreach_*` ops, not by one Python tensor hook per module and
-draw (that hook cost dominated small models). Modules that read one input (q/k/v,
-gate/up) accumulate side by side in one buffer, so `outer` adds s^T|H| with one `addmm_`
-per such run and batch (its accumulator holds their rows; outer[name] is a view). Memory: `outer`
+Cost (benchmarks/score_overhead.py): one `torch.autograd.grad` call per draw (xi passed as f's
+cotangent: no xi * f product), backpropagating only as deep as the first scored modules; a
+tensor hook on each scored output adds |g| (g^2) into that module's buffer while g is in cache,
+so no gradient is held until the backward ends (holding all of them slowed the backward's own
+elementwise ops) and no per-module Python work runs after it. `outer` then adds s^T|H| with one
+`addmm_` per module and batch (as many FLOPs as the forward's linears). Memory: `outer`
 keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 51 GB for
 LLaMA-13B's 12.7B scored weights, beside 26 GB of bf16 weights); `module_groups: G`
 (`dowser score --module-groups G`) scores 1/G of the modules per pass over the probes (G
@@ -82,12 +82,16 @@ class ScoreConfig:
 
 
 class _Capture:
-    """Forward hooks keep each scored linear's |h| (accumulator dtype) and its output tensor,
-    whose gradients `torch.autograd.grad` then returns all at once."""
+    """Forward hooks keep each scored linear's |h| (accumulator dtype) and output, and put a tensor
+    hook on the output: during each backward it adds |g| (l1) or g^2 (l2) of that output's
+    gradient into the module's buffer while g is still in cache, and g is then freed by
+    autograd as in a bare backward (none of the gradients is held until the backward ends)."""
 
-    def __init__(self, model, names, dtype):
-        self.dtype = dtype
-        self.abs_h, self.out, self.handles, self._last = {}, {}, [], None
+    def __init__(self, model, names, dtype, estimator):
+        self.dtype, self.l1 = dtype, estimator == "l1"
+        self.abs_h, self.out, self.order, self.handles, self._last = {}, {}, [], [], None
+        self.bufs, self.fired, self.first = {}, set(), True
+        self._tmp = {}  # shape: scratch for |g| (one per shape, reused: hot in cache, no allocation)
         named = dict(model.named_modules())
         for name in names:
             self.handles.append(named[name].register_forward_hook(self._forward_hook(name)))
@@ -103,17 +107,49 @@ class _Capture:
                 self._last = (x, x.detach().abs().to(self.dtype))
             self.abs_h[name] = self._last[1]
             self.out[name] = output
+            self.order.append(name)
+            if output.requires_grad:
+                output.register_hook(self._grad_hook(name))
 
         return hook
+
+    def _grad_hook(self, name):
+        def hook(g):
+            buf = self.bufs[name]
+            if g.dtype != self.dtype:
+                g = g.to(self.dtype)
+            if self.first:  # the first draw writes (bufs are reused across batches)
+                self.fired.add(name)
+                torch.abs(g, out=buf) if self.l1 else torch.mul(g, g, out=buf)
+            elif self.l1:
+                tmp = self._tmp.get(g.shape)
+                if tmp is None or tmp.dtype != g.dtype or tmp.device != g.device:
+                    tmp = self._tmp[g.shape] = torch.empty_like(g)
+                buf.add_(torch.abs(g, out=tmp))
+            else:
+                buf.addcmul_(g, g)
+
+        return hook
+
+    def buffers(self, names, device):
+        """One accumulator per module shaped like its output, reused while the shape holds."""
+        for n in names:
+            shape = self.out[n].shape
+            if n not in self.bufs or self.bufs[n].shape != shape:
+                self.bufs[n] = torch.empty(shape, dtype=self.dtype, device=device)
+        return [self.bufs[n] for n in names]
 
     def reset(self):
         self.abs_h.clear()
         self.out.clear()
+        self.order.clear()
         self._last = None
 
     def remove(self):
         for h in self.handles:
             h.remove()
+        self.bufs.clear()
+        self._tmp.clear()
 
 
 def module_groups(modules, k: int) -> list[list]:
@@ -127,17 +163,6 @@ def module_groups(modules, k: int) -> list[list]:
         groups[-1].append(m)
         done += n
     return groups
-
-
-def _input_runs(names, abs_h) -> list[list[str]]:
-    """`names` split into runs of consecutive modules that read one input (one |H| tensor)."""
-    runs = []
-    for name in names:
-        if runs and abs_h[name] is abs_h[runs[-1][0]]:
-            runs[-1].append(name)
-        else:
-            runs.append([name])
-    return runs
 
 
 def _pad(batch_ids: list[list[int]], pad_id: int, device):
@@ -168,15 +193,13 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
     # fp32 accumulators for fp32/bf16/fp16 models (METHOD.md §1); fp64 models (exactness tests) keep fp64.
     acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     outer, a_list, b_list = {}, {}, {}
+    l1 = cfg.estimator == "l1"
     for group in module_groups(scored_modules(model), cfg.module_groups):
         names = [m.name for m in group]
-        # outer: one accumulator per run of modules reading one input (q/k/v, gate/up), allocated at
-        # the first batch; outer[name] is its block of rows (a view), so s^T|H| is one matmul per run.
-        runs_acc = {}
         if cfg.aggregate == "factored":
             a_list.update({n: [] for n in names})
             b_list.update({n: [] for n in names})
-        cap = _Capture(model, names, acc_dtype)
+        cap = _Capture(model, names, acc_dtype, cfg.estimator)
         try:
             for start in tqdm(range(0, len(token_ids), cfg.batch_size), desc="score", disable=not progress):
                 ids_b = token_ids[start : start + cfg.batch_size]
@@ -191,72 +214,58 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                     out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden",
                                 **extra)
                     f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
-                    outs = [cap.out[n] for n in names]
-                    runs = _input_runs(names, cap.abs_h)
-                    # sum_r |g_r| (l1) or sum_r g_r^2 (l2) of a run's modules side by side in one buffer
-                    bufs = [torch.empty((*cap.out[run[0]].shape[:-1], sum(cap.out[n].shape[-1] for n in run)),
-                                        dtype=acc_dtype, device=device) for run in runs]
-                    cols = {}  # name: (first column in its run's buffer, width)
-                    for run in runs:
-                        offs = [0, *itertools.accumulate(cap.out[n].shape[-1] for n in run)]
-                        cols.update({n: (o, e - o) for n, o, e in zip(run, offs, offs[1:])})
-                    views = [buf[..., o : o + d] for run, buf in zip(runs, bufs) for o, d in map(cols.get, run)]
+                    unseen = [n for n in names if n not in cap.out]
+                    if unseen:
+                        raise ValueError(f"scored module {unseen[0]} did not run in the model's forward")
+                    bufs = cap.buffers(names, device)
+                    # The backward goes only as deep as the group's first modules in forward order (those
+                    # reading the first input): every later scored output lies between them and f.
+                    first = cap.abs_h[cap.order[0]]
+                    targets = [cap.out[n] for n in itertools.takewhile(lambda n: cap.abs_h[n] is first, cap.order)]
                     B, T, V = f.shape
                     for r in range(cfg.draws):
                         xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
                         for b, (k, x) in enumerate(zip(idx_b, ids_b)):
                             xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
-                        # xi as f's cotangent: the gradients of (xi * f).sum(), bit for bit, without the product
-                        grads = torch.autograd.grad(f, outs, grad_outputs=xi, retain_graph=r < cfg.draws - 1,
-                                                    materialize_grads=True)
+                        # xi as f's cotangent: the gradients of (xi * f).sum(), bit for bit, without the product;
+                        # the tensor hooks accumulate them (draw 0 writes every buffer)
+                        cap.first = r == 0
+                        cap.fired.clear()
+                        torch.autograd.grad(f, targets, grad_outputs=xi, retain_graph=r == 0 or r < cfg.draws - 1,
+                                            allow_unused=True)
+                        if r == 0 and len(cap.fired) < len(names):
+                            # scored outputs not between the first modules and f (not seen in decoders): backprop
+                            # to every output; those that f does not depend on have zero gradient
+                            targets = [cap.out[n] for n in names]
+                            cap.fired.clear()
+                            torch.autograd.grad(f, targets, grad_outputs=xi, retain_graph=True, allow_unused=True)
+                            for n in names:
+                                if n not in cap.fired:
+                                    cap.bufs[n].zero_()
                         del xi
-                        if grads[0].dtype != acc_dtype:
-                            grads = [g.to(acc_dtype) for g in grads]
-                        if cfg.estimator == "l1":
-                            # in place (abs is idempotent, so a gradient tensor shared by two outputs is fine)
-                            torch._foreach_abs_(grads)
-                            if r == 0:
-                                torch._foreach_copy_(views, grads)
-                            else:
-                                torch._foreach_add_(views, grads)
-                        elif r == 0:
-                            torch._foreach_copy_(views, grads)
-                            torch._foreach_mul_(views, grads)
-                        else:
-                            torch._foreach_addcmul_(views, grads, grads)
-                        del grads  # before the next backward, which can then reuse the memory
-                    del out, f, outs
+                    del out, f, targets
                 tok = attn.unsqueeze(-1).to(acc_dtype)
-                padded, masked = not bool(attn.all()), {}
-                for run, buf in zip(runs, bufs):
-                    h = cap.abs_h[run[0]]
+                padded, masked, b_means = not bool(attn.all()), {}, {}
+                alpha = 1.0 / cfg.draws if l1 else 1.0
+                for n, buf in zip(names, bufs):
+                    h = cap.abs_h[n]
                     if padded:  # padded positions add nothing (one masked copy per shared input)
                         h = masked[id(h)] if id(h) in masked else masked.setdefault(id(h), h * tok)
-                    if cfg.estimator == "l2":
+                    if not l1:
                         buf.div_(cfg.draws).sqrt_()
-                        alpha = 1.0
-                    else:
-                        alpha = 1.0 / cfg.draws
                     if cfg.aggregate == "outer":
                         S, H = buf.reshape(-1, buf.shape[-1]), h.reshape(-1, h.shape[-1])
-                        key = tuple(run)
-                        if key not in runs_acc and not any(n in outer for n in run):
-                            runs_acc[key] = torch.zeros((S.shape[1], H.shape[1]), dtype=acc_dtype, device=device)
-                            outer.update({n: runs_acc[key][o : o + d] for n in run for o, d in [cols[n]]})
-                        if key in runs_acc:
-                            runs_acc[key].addmm_(S.T, H, alpha=alpha)
-                        else:  # runs unlike the first batch's (not seen in practice): per module
-                            for n, (o, d) in zip(run, map(cols.get, run)):
-                                acc = outer.setdefault(n, torch.zeros((d, H.shape[1]), dtype=acc_dtype, device=device))
-                                acc.addmm_(S[:, o : o + d].T, H, alpha=alpha)
+                        if n not in outer:
+                            outer[n] = torch.zeros((S.shape[1], H.shape[1]), dtype=acc_dtype, device=device)
+                        outer[n].addmm_(S.T, H, alpha=alpha)
                     else:
-                        if cfg.estimator == "l1":
+                        if l1:
                             buf.div_(cfg.draws)
-                        b_mean = h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype)
-                        for n, (o, d) in zip(run, map(cols.get, run)):
-                            a_list[n].append((buf[..., o : o + d] * tok).sum(1))
-                            b_list[n].append(b_mean)
-                del bufs, views
+                        if id(h) not in b_means:
+                            b_means[id(h)] = h.sum(1) / attn.sum(1, keepdim=True).to(acc_dtype)
+                        a_list[n].append((buf * tok).sum(1))
+                        b_list[n].append(b_means[id(h)])
+                del bufs
                 cap.reset()
         finally:
             cap.remove()
