@@ -4,10 +4,15 @@
 
 For each model (the world model's shape, and a wider Llama slice) and the same probes:
 - bare: 1 forward + R backward passes with xi as f's cotangent (the gradient of (xi * f).sum()
-  without forming the product, as dowser.score does), nothing captured (the floor);
-- dowser: `accumulate_scores` (hooks, |g| accumulation, per-module s^T|H| matmuls);
+  without forming the product, as dowser.score does), each as deep as dowser.score's (down to
+  the first scored modules' outputs: the gradients scoring needs, no weight gradients), nothing
+  accumulated (the floor);
+- dowser: `accumulate_scores` (forward hooks, |g| accumulated by tensor hooks, s^T|H| matmuls);
 - separate: R x (forward + backward), what a naive implementation does.
-Ratios are measured in one run, interleaved, best of `--repeats` (the machine is noisy).
+All three run interleaved in one process, `--repeats` rounds in rotated order; a ratio is taken
+per round (dowser / bare of the same round) and the median is reported with its spread
+(quartiles, range). Default: 1 thread, process CPU time (`--threads 2 --clock wall` on a quiet
+machine).
 Memory: bytes of the fp32 accumulators each aggregate keeps (outer: |P|; factored: N(d_in+d_out)).
 """
 
@@ -15,16 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from dowser.models import scored_modules
 from dowser.score import ScoreConfig, _pad, accumulate_scores, draw_seed, rademacher
 
 OUT = Path(__file__).parent / "results" / "score_overhead.json"
+# cpu: this process's CPU time. The machine is shared (a background experiment queue, other jobs):
+# wall-clock times of a 2-thread run swung from 2 s to 12 s for a 0.3 s loop there, as OpenMP
+# threads waited on descheduled peers; one thread's CPU time is reproducible to a few percent.
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def llama(hidden, ffn, layers, vocab, heads):
@@ -43,48 +55,69 @@ def probes(n, length, vocab, seed=0):
 
 
 def hutchinson_loop(model, seqs, draws, batch, shared=True):
-    """The floor: forward(s) + R backwards with cotangent xi (= grad of (xi*f).sum()), no capture."""
+    """The floor: forward(s) + R backwards with cotangent xi (= grad of (xi*f).sum()), as deep as
+    scoring needs and no deeper: down to the outputs of the first scored modules in forward order
+    (block 0's q/k/v, which read one input), as dowser.score does. Nothing is captured."""
     emb = model.get_input_embeddings()
-    handle = emb.register_forward_hook(lambda m, i, o: o.detach().requires_grad_(True))
+    named = dict(model.named_modules())
+    seen = []  # (input, output) of block 0's scored modules, in forward order
+    handles = [emb.register_forward_hook(lambda m, i, o: o.detach().requires_grad_(True))]
+    handles += [named[m.name].register_forward_hook(lambda mod, i, o: seen.append((i[0], o)))
+                for m in scored_modules(model) if m.block == 0]
     try:
         for start in range(0, len(seqs), batch):
             ids, attn = _pad(seqs[start:start + batch], 0, "cpu")
-            f = model(input_ids=ids, attention_mask=attn).logits
             for r in range(draws):
-                if not shared and r > 0:
+                if r == 0 or not shared:
+                    seen.clear()
                     f = model(input_ids=ids, attention_mask=attn).logits
+                    targets = [o for x, o in seen if x is seen[0][0]]
+                    seen.clear()
                 xi = torch.stack([rademacher(tuple(f.shape[1:]), draw_seed(0, start + b, r)) for b in range(len(ids))])
-                torch.autograd.backward(f, grad_tensors=xi.to(f.dtype), retain_graph=shared and r < draws - 1)
+                torch.autograd.grad(f, targets, grad_outputs=xi.to(f.dtype), retain_graph=shared and r < draws - 1)
+            del f, targets
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
-def timed(fn):
-    t = time.perf_counter()
+def timed(fn, clock):
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
-def measure(name, model, n, length, draws, batch, repeats):
+def _stats(ratios):
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"median": med, "iqr": [q1, q3], "min": min(ratios), "max": max(ratios)}
+
+
+def measure(name, model, n, length, draws, batch, repeats, clock):
     vocab = model.config.vocab_size
     seqs = probes(n, length, vocab)
     cfg = ScoreConfig(draws=draws, batch_size=batch)
     runs = {"bare": lambda: hutchinson_loop(model, seqs, draws, batch),
             "dowser": lambda: accumulate_scores(model, seqs, list(range(n)), cfg),
             "separate": lambda: hutchinson_loop(model, seqs, draws, batch, shared=False)}
-    best = {k: float("inf") for k in runs}
-    for _ in range(repeats):
-        for k, fn in runs.items():
-            best[k] = min(best[k], timed(fn))
+    for fn in runs.values():  # warm-up (allocator, first-call costs)
+        fn()
+    keys, times = list(runs), {k: [] for k in runs}
+    for i in range(repeats):  # interleaved, each round in a rotated order; ratios are paired per round
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            times[k].append(timed(runs[k], clock))
+    overhead = _stats([d / b for d, b in zip(times["dowser"], times["bare"])])
+    shared = _stats([s / b for s, b in zip(times["separate"], times["bare"])])
     params = sum(p.numel() for n_, p in model.named_parameters() if "layers." in n_ and n_.endswith("proj.weight"))
     outer = accumulate_scores(model, seqs[:1], [0], cfg)["outer"]
     fact = accumulate_scores(model, seqs, list(range(n)), ScoreConfig(draws=draws, batch_size=batch,
                                                                          aggregate="factored"))
     return {
         "model": name, "scored_params": params, "probes": n, "tokens": length, "draws": draws, "batch": batch,
-        "seconds": best,
-        "overhead_vs_bare": best["dowser"] / best["bare"],
-        "shared_forward_speedup": best["separate"] / best["bare"],
+        "seconds": {k: statistics.median(v) for k, v in times.items()},
+        "seconds_all": times,
+        "overhead_vs_bare": overhead["median"],
+        "overhead_spread": overhead,
+        "shared_forward_speedup": shared["median"],
         "accumulator_bytes": {
             "outer": sum(v.numel() * v.element_size() for v in outer.values()),
             "factored": sum(v.numel() * v.element_size() for part in ("a", "b") for v in fact[part].values()),
@@ -94,20 +127,25 @@ def measure(name, model, n, length, draws, batch, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    clock = CLOCKS[args.clock]
     cases = [
         ("world-shape (h128, ffn256, 6 blocks, V100)", llama(128, 256, 6, 100, 4), 16, 64, 8, 8),
         ("llama-slice (h512, ffn1376, 4 blocks, V8000)", llama(512, 1376, 4, 8000, 8), 8, 64, 8, 4),
     ]
-    results = [measure(name, m, n, t, r, b, args.repeats) for name, m, n, t, r, b in cases]
-    doc = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(), "results": results}
+    results = [measure(name, m, n, t, r, b, args.repeats, clock) for name, m, n, t, r, b in cases]
+    doc = {"torch": torch.__version__, "threads": args.threads, "clock": args.clock, "repeats": args.repeats,
+           "machine": platform.machine(), "load_average": os.getloadavg(), "results": results}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2) + "\n")
     for r in results:
-        print(f"{r['model']}: overhead {r['overhead_vs_bare']:.3f}x bare, shared forward "
+        o = r["overhead_spread"]
+        print(f"{r['model']}: overhead {r['overhead_vs_bare']:.3f}x bare (IQR {o['iqr'][0]:.3f}-{o['iqr'][1]:.3f}, "
+              f"range {o['min']:.3f}-{o['max']:.3f}), shared forward "
               f"{r['shared_forward_speedup']:.2f}x faster than separate; accumulators outer "
               f"{r['accumulator_bytes']['outer'] / 2**20:.2f} MiB, factored {r['accumulator_bytes']['factored'] / 2**20:.3f} MiB")
 
