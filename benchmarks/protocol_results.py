@@ -34,6 +34,8 @@ def run_key(path: Path) -> str:
     if run.get("train") is not None:  # defaults filled in, as ids are hashed today (older specs left them out)
         run["train"] = asdict(TrainConfig.from_dict(run["train"]))
     probe_seed = _probe_seed(path.resolve().parents[2], run) if run.get("mask") else None
+    if probe_seed is not None:  # the run spec names the probe seed only when its grid had several
+        run.pop("seed", None)
     ev = {k: v for k, v in doc["eval"].items() if k not in IDS}
     return json.dumps([{k: v for k, v in run.items() if k not in IDS}, probe_seed, ev], sort_keys=True)
 
