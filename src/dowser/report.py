@@ -257,10 +257,13 @@ def _plots(summary: pd.DataFrame, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     tasks = sorted(summary.task.unique())
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(summary.method.unique()))}  # one color per method
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for method, g in summary[summary.task == task].groupby("method"):
-            ax.scatter(g.A_down, g.A_up, label=method, marker="*" if method == "zero-shot" else "o", s=40)
+            ax.scatter(g.A_down, g.A_up, label=method, marker="*" if method == "zero-shot" else "o", s=40,
+                       color=colors[method])
         ax.set(title=task, xlabel="A_down", ylabel="A_up")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -274,14 +277,20 @@ def _plots(summary: pd.DataFrame, out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             df = runs[runs.task == task]
-            if x == "rho":
-                df = df[df.L == df.L.max()]
+            if x == "rho":  # the depth with the most budgets measured
+                depth = df.groupby("L").rho.nunique().idxmax() if df.rho.notna().any() else df.L.max()
+                df = df[df.L == depth]
+            else:  # one budget per line: dense methods and masks at the smallest rho (never averaged over rho)
+                df = df[df.rho.isna() | (df.rho == df.rho.min())]
             for method, g in df.groupby("method"):
                 g = g.groupby(x)["H"].agg(["mean", "std"]).reset_index()
                 if len(g) >= 2:
-                    ax.errorbar(g[x], g["mean"], yerr=g["std"].fillna(0), label=method, marker="o", capsize=3)
-            ax.set(title=task, xlabel="depth L" if x == "L" else "rho (deepest L)", ylabel="H-score")
-        axes[0][0].legend(fontsize=7)
+                    ax.errorbar(g[x], g["mean"], yerr=g["std"].fillna(0), label=method, marker="o", capsize=3,
+                                color=colors[method])
+            rho_txt = f" (masks at rho {runs.rho.min():g})" if x == "L" and runs.rho.notna().any() else ""
+            ax.set(title=task, xlabel=("depth L" + rho_txt) if x == "L" else f"rho (L = {depth})", ylabel="H-score")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
