@@ -59,20 +59,29 @@ class ScoredModule:
     shape: tuple[int, int]  # (d_out, d_in) of the weight
 
 
+def _hf_part(model: nn.Module, getter: str):
+    """`model.<getter>()` (transformers' get_input_embeddings / get_decoder), or None for a model
+    that does not define that part: no such method, or transformers' base implementation, which
+    raises NotImplementedError, AttributeError or ValueError when a class has no such part. The
+    callers then search the module tree by structure instead."""
+    fn = getattr(model, getter, None)
+    if not callable(fn):
+        return None
+    try:
+        return fn()
+    except (NotImplementedError, AttributeError, ValueError):
+        return None
+
+
 def _token_embedding(model: nn.Module) -> tuple[str, nn.Embedding] | None:
     """(dotted name, module) of the token embedding, or None for a model without one."""
     names = {id(mod): name for name, mod in model.named_modules()}
-    getter = getattr(model, "get_input_embeddings", None)
-    if callable(getter):
-        try:
-            emb = getter()
-        except (NotImplementedError, AttributeError):  # transformers' base getters raise these for models without one
-            emb = None
-        else:
-            # A vision-only model's "input embedding" is a patch Conv2d: no tokens, no decoder.
-            if not isinstance(emb, nn.Embedding) or id(emb) not in names:
-                return None
-            return names[id(emb)], emb
+    emb = _hf_part(model, "get_input_embeddings")
+    if emb is not None:
+        # A vision-only model's "input embedding" is a patch Conv2d: no tokens, no decoder.
+        if not isinstance(emb, nn.Embedding) or id(emb) not in names:
+            return None
+        return names[id(emb)], emb
     embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     if not embeddings:
         return None
@@ -112,14 +121,8 @@ def _inside(name: str, prefix: str) -> bool:
 def _search_root(model: nn.Module) -> str:
     """Prefix of the subtree to search: `get_decoder()` when it is a proper submodule,
     else the whole model."""
-    getter = getattr(model, "get_decoder", None)
-    if not callable(getter):
-        return ""
-    try:
-        decoder = getter()
-    except (NotImplementedError, AttributeError, ValueError):  # no decoder to narrow to: search the whole model
-        return ""
-    if decoder is model or not isinstance(decoder, nn.Module):
+    decoder = _hf_part(model, "get_decoder")
+    if decoder is None or decoder is model or not isinstance(decoder, nn.Module):
         return ""
     for name, mod in model.named_modules():
         if mod is decoder:
