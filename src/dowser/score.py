@@ -205,6 +205,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                 ids_b = token_ids[start : start + cfg.batch_size]
                 idx_b = probe_indices[start : start + cfg.batch_size]
                 ids, attn = _pad(ids_b, pad_id, device)
+                padded = any(len(x) != len(ids_b[0]) for x in ids_b)
                 cap.reset()
                 with torch.enable_grad():
                     extra = {}
@@ -224,9 +225,14 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                     targets = [cap.out[n] for n in itertools.takewhile(lambda n: cap.abs_h[n] is first, cap.order)]
                     B, T, V = f.shape
                     for r in range(cfg.draws):
-                        xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
-                        for b, (k, x) in enumerate(zip(idx_b, ids_b)):
-                            xi[b, : len(x)] = rademacher((len(x), V), draw_seed(cfg.seed, k, r)).to(device, f.dtype)
+                        rows = [rademacher((len(x), V), draw_seed(cfg.seed, k, r)) for k, x in zip(idx_b, ids_b)]
+                        if padded:  # zero cotangent at padded positions
+                            xi = torch.zeros((B, T, V), dtype=f.dtype, device=device)
+                            for b, row in enumerate(rows):
+                                xi[b, : len(row)] = row.to(device, f.dtype)
+                        else:
+                            xi = torch.stack(rows).to(device, f.dtype)
+                        del rows
                         # xi as f's cotangent: the gradients of (xi * f).sum(), bit for bit, without the product;
                         # the tensor hooks accumulate them (draw 0 writes every buffer)
                         cap.first = r == 0
@@ -245,7 +251,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                         del xi
                     del out, f, targets
                 tok = attn.unsqueeze(-1).to(acc_dtype)
-                padded, masked, b_means = not bool(attn.all()), {}, {}
+                masked, b_means = {}, {}
                 alpha = 1.0 / cfg.draws if l1 else 1.0
                 for n, buf in zip(names, bufs):
                     h = cap.abs_h[n]
