@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dowser.distributed import fsdp_plugin, loads_on_rank0, make_accelerator, resolve_sharding
+from dowser.distributed import fsdp_plugin, loads_on_rank0, make_accelerator, persistent_buffers, resolve_sharding
 from dowser.mask import build_masks, random_scores
 from dowser.models import load_model, scored_modules, trainable_modules
 from dowser.sparse import apply_masks
@@ -69,3 +69,13 @@ def test_empty_load_has_the_shapes_and_the_buffers_but_no_weights(saved):
     assert [m.shape for m in scored_modules(empty)] == [m.shape for m in scored_modules(full)]
     modules = dict(empty.named_modules())
     assert all(not modules[m.name].parametrizations.weight[0].index.is_meta for m in trainable_modules(empty, 1))
+
+
+def test_persistent_buffers_are_those_saved_with_the_weights(saved):
+    """The supported models have none (rotary tables are not saved); one registered as persistent is
+    named, a non-persistent one is not, and tied weights are parameters, not buffers."""
+    model, _ = load_model(saved)
+    assert any(True for _ in model.named_buffers()) and persistent_buffers(model) == []
+    model.model.register_buffer("kept", torch.ones(2))
+    model.model.register_buffer("scratch", torch.ones(2), persistent=False)
+    assert persistent_buffers(model) == ["model.kept"]

@@ -70,11 +70,20 @@ import json, sys
 from pathlib import Path
 from dowser import cli, distributed
 from dowser.finetune import finetune
+import torch
+import dowser.finetune as ft
 world = Path(sys.argv[1])
-rank0 = distributed.loads_on_rank0
+rank0, load = distributed.loads_on_rank0, ft.load_artifact
+
+def load_with_buffer(*args, **kwargs):  # a model that saves a buffer with its weights
+    model, processor = load(*args, **kwargs)
+    model.register_buffer("saved_scale", torch.ones(3))
+    return model, processor
+
 for job in json.loads(sys.argv[2]):
     print("job", job[-1] if job[0] == "kill" else job[1], file=sys.stderr, flush=True)
     distributed.loads_on_rank0 = (lambda mode, n: False) if job[0] == "cli-all-read" else rank0
+    ft.load_artifact = load_with_buffer if job[0] == "cli-buffer" else load
     if job[0].startswith("cli"):
         cli.main(job[1])
     else:
@@ -108,6 +117,7 @@ def two(world, tmp_path_factory):
     jobs = [["cli", argv(world, CASES[c], root / f"{c}-{s}", s)] for c, s in RUNS]
     jobs += [["kill", CASES[c], str(root / f"{c}-split"), "fsdp"] for c in RESUME]
     jobs += [["cli-all-read", argv(world, CASES["full"], root / "full-all-read", "fsdp")]]
+    jobs += [["cli-buffer", argv(world, CASES["full"], root / "full-buffer", "fsdp")]]
     first = launch(world, root, 2, jobs)
     killed = {c: (root / f"{c}-split/checkpoint/rng.1.safetensors").exists() for c in RESUME}
     resumes = [["cli", argv(world, CASES[c], root / f"{c}-split", "fsdp")] for c in RESUME if killed[c]]
@@ -166,6 +176,17 @@ def test_rank0_read_trains_what_every_process_reading_trains(two):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert log(root / "full-all-read") == log(root / "full-fsdp")
     assert json.loads((root / "full-all-read/run.json").read_text())["checkpoint_reads"] == 2
+
+
+def test_model_with_a_persistent_buffer_is_read_on_every_rank(two):
+    """accelerate's rank-0 broadcast handles sharded parameters only (an unsharded buffer has no
+    device mesh): a model that saves a buffer with its weights is read by every process, and trains
+    what the rank-0 read of the same weights trains."""
+    root, first, _, _ = two
+    outcome(first, root / "full-buffer")
+    assert json.loads((root / "full-buffer/run.json").read_text())["checkpoint_reads"] == 2
+    a, b = load_file(root / "full-fsdp/delta.safetensors"), load_file(root / "full-buffer/delta.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("case", RESUME)

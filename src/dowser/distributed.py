@@ -77,6 +77,15 @@ def loads_on_rank0(mode: str, num_processes: int) -> bool:
     return mode == "fsdp" and num_processes > 1
 
 
+def persistent_buffers(model) -> list[str]:
+    """Buffers saved with the weights (in `state_dict`, not parameters). accelerate's rank-0 broadcast
+    (`fsdp2_load_full_state_dict`) handles sharded parameters only and fails on these (an unsharded
+    buffer has no device mesh), so a model that has any is read on every rank instead. None of the
+    supported families has one (rotary tables and position ids are non-persistent)."""
+    saved = set(model.state_dict())
+    return [n for n, _ in model.named_buffers(remove_duplicate=False) if n in saved]
+
+
 def fsdp_plugin(model, precision: str, rank0_loaded: bool = False):
     from accelerate import FullyShardedDataParallelPlugin
 

@@ -107,7 +107,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
     the result (runtime options, not in the spec); `cache_prefix=False` (tests, benchmarks) runs the
     frozen blocks in every step (`dowser.prefix`: same result up to float summation order)."""
-    from dowser.distributed import loads_on_rank0, make_accelerator, prepare, start, unshard_all, unwrap_params
+    from dowser.distributed import (loads_on_rank0, make_accelerator, persistent_buffers, prepare, start, unshard_all,
+                                    unwrap_params)
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -123,6 +124,10 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     rank0 = loads_on_rank0(mode, state.num_processes)
     # accelerate places it; empty: parameters on the meta device, rank 0's broadcast by prepare
     model, processor = load_artifact(model_path, device="cpu", empty=rank0 and not state.is_main_process)
+    if rank0 and persistent_buffers(model):  # the same answer on every rank (it depends on the config only)
+        rank0 = False  # accelerate broadcasts parameters only: every rank reads the checkpoint
+        if not state.is_main_process:
+            model, processor = load_artifact(model_path, device="cpu")
     acc, mode = make_accelerator(model, cfg.mixed_precision, sharding, rank0_loaded=rank0)
     main = acc.is_main_process
     read = torch.tensor(float(not any(p.is_meta for p in model.parameters())), device=acc.device)
