@@ -33,6 +33,7 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.graph import get_gradient_edge
 from tqdm import tqdm
 
 from dowser.models import scored_modules
@@ -106,7 +107,9 @@ class _Capture:
             if self._last is None or self._last[0] is not x:  # q/k/v (gate/up) read one input: one |h|
                 self._last = (x, x.detach().abs().to(self.dtype))
             self.abs_h[name] = self._last[1]
-            self.out[name] = output
+            # the output's shape and its place in the graph (not the tensor: a linear's output is not saved
+            # for its backward, so holding it would keep memory the bare backward frees)
+            self.out[name] = (output.shape, get_gradient_edge(output) if output.requires_grad else None)
             self.order.append(name)
             if output.requires_grad:
                 output.register_hook(self._grad_hook(name))
@@ -134,7 +137,7 @@ class _Capture:
     def buffers(self, names, device):
         """One accumulator per module shaped like its output, reused while the shape holds."""
         for n in names:
-            shape = self.out[n].shape
+            shape = self.out[n][0]
             if n not in self.bufs or self.bufs[n].shape != shape:
                 self.bufs[n] = torch.empty(shape, dtype=self.dtype, device=device)
         return [self.bufs[n] for n in names]
@@ -222,7 +225,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                     # The backward goes only as deep as the group's first modules in forward order (those
                     # reading the first input): every later scored output lies between them and f.
                     first = cap.abs_h[cap.order[0]]
-                    targets = [cap.out[n] for n in itertools.takewhile(lambda n: cap.abs_h[n] is first, cap.order)]
+                    targets = [cap.out[n][1] for n in itertools.takewhile(lambda n: cap.abs_h[n] is first, cap.order)]
                     B, T, V = f.shape
                     for r in range(cfg.draws):
                         rows = [rademacher((len(x), V), draw_seed(cfg.seed, k, r)) for k, x in zip(idx_b, ids_b)]
@@ -242,7 +245,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                         if r == 0 and len(cap.fired) < len(names):
                             # scored outputs not between the first modules and f (not seen in decoders): backprop
                             # to every output; those that f does not depend on have zero gradient
-                            targets = [cap.out[n] for n in names]
+                            targets = [cap.out[n][1] for n in names if cap.out[n][1] is not None]
                             cap.fired.clear()
                             torch.autograd.grad(f, targets, grad_outputs=xi, retain_graph=True, allow_unused=True)
                             for n in names:
