@@ -201,3 +201,26 @@ def test_predictions_with_missing_ids(tmp_path, data_root):
         score_predictions("world-gqa", path, data_root)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_predictions(tmp_path / "none.jsonl")
+
+
+def test_answer_nll_is_the_token_weighted_mean_of_each_example_loss(vlm, data_root):
+    """Batched and padded (batch 5 over 12 examples) vs one example at a time through the model's
+    own loss (mean over that example's answer tokens), weighted by its answer tokens."""
+    from dowser.data import read_rows, sft_batch
+    from dowser.evaluate import answer_nll
+
+    model, processor = vlm
+    nll, tokens = answer_nll(model, processor, "world-gqa", data_root, batch_size=5)
+    rows = read_rows(data_root / "world-gqa" / "test.parquet")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(rows)):
+            batch = sft_batch(processor, rows.iloc[i:i + 1])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * n
+            count += n
+    assert tokens == count > len(rows)
+    assert nll == pytest.approx(total / count, rel=1e-5)
+    assert answer_nll(model, processor, "world-gqa", data_root, limit=3)[1] < tokens
+    with pytest.raises(FileNotFoundError, match="world-gqa: data root .*nowhere does not exist"):
+        answer_nll(model, processor, "world-gqa", data_root / "nowhere")

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from dowser.findings import (claim_continual, claim_deep, claim_depth, claim_random, claim_stability, continual_tables, depth_table,
-                             md_table, write_results_md)
+                             md_table, nll_table, write_results_md)
 from tests.test_report import frame, row
 
 
@@ -46,6 +46,31 @@ def test_claim_depth_verdicts():
     assert v.verdict == "not yet measured" and "at the floor" in v.evidence
     v = claim_depth(pd.concat([falls, frame([dict(r, lr=0.1) for r in floor.to_dict("records")])]))
     assert v.verdict == "reproduced" and "falls in 1 of 1" in v.evidence and "at the floor" in v.evidence
+
+
+def nll_rows(points, lr=0.01, seeds=(0,)):
+    """upstream_loss.parquet rows: Full-FT runs at (L, nll) on two benchmarks (nll -+ 0.5), and the base model."""
+    rows = [{"run": "base", "method": "zero-shot", "benchmark": b, "nll": 1.0, "tokens": 10} for b in ("a", "b")]
+    for L, nll in points:
+        for s in seeds:
+            rows += [{"run": f"r{lr}-{L}-{s}", "method": "full", "task": "world-coco", "L": L, "rho": None, "seed": s,
+                      "lr": lr, "epochs": 6, "benchmark": b, "nll": nll + d + s, "tokens": 10}
+                     for b, d in (("a", -0.5), ("b", 0.5))]
+    return pd.DataFrame(rows)
+
+
+def test_upstream_nll_by_depth_is_evidence_beside_the_accuracy_rule():
+    nll = pd.concat([nll_rows([(1, 2.0), (2, 3.0), (6, 8.0)], seeds=(0, 1)), nll_rows([(2, 5.0), (6, 4.0)], lr=0.1)])
+    table = nll_table(nll)
+    # mean over the benchmarks, then over the seeds (0 and 1: +0 and +1)
+    assert table[table.lr == 0.01].upstream_nll.tolist() == [2.5, 3.5, 8.5]
+    assert table.seeds.tolist() == [2, 2, 2, 1, 1]
+    floor = frame([row("full", up, 200.0, L=L) for L, up in ((1, 0.5), (6, 0.0))])
+    v = claim_depth(floor, nll)
+    assert v.verdict == "not yet measured"  # the verdict stays the accuracy rule's
+    assert "rises with L in 1 of 2 Full-FT sweeps" in v.evidence and "2.50 (L=1) → 8.50 (L=6)" in v.evidence
+    assert "base model 1.00" in v.evidence
+    assert claim_depth(floor).evidence == v.evidence.split(". Upstream NLL")[0]
 
 
 def test_claim_deep_verdicts():

@@ -211,3 +211,34 @@ def score_predictions(benchmark: str, predictions: Path | dict[str, str],
     agg = cfg["metric_list"][0]["aggregation"]
     value = agg(items) if callable(agg) else sum(items) / len(items)
     return SCALE * float(value)
+
+
+def answer_nll(model, processor, benchmark: str, data_root: Path, *, batch_size: int = 32,
+               limit: int | None = None) -> tuple[float, int]:
+    """(mean negative log-likelihood per answer token, answer tokens) of `benchmark`'s evaluation
+    split under teacher forcing: the reference answer and its end-of-sequence token after the
+    prompt, the tokens the fine-tune loss counts (`dowser.data.sft_batch`). A forgetting measure
+    that keeps moving after accuracy reaches 0 (issue 10: Full-FT's upstream loss vs L).
+    `limit`: the first N examples."""
+    import torch
+    import torch.nn.functional as F
+
+    from dowser.data import read_rows, sft_batch
+
+    info = get_task(benchmark)
+    _check_data(info, data_root)
+    rows = read_rows(local_file(info.data_name, data_root, info.split), limit)
+    param = next(model.parameters())
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = sft_batch(processor, rows.iloc[start:start + batch_size])
+            labels = batch.pop("labels")[:, 1:].to(param.device)
+            inputs = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+            logits = model(**inputs).logits[:, :-1].float()
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    if not count:
+        raise ValueError(f"{benchmark}: no answer tokens in {len(rows)} examples")
+    return total / count, count

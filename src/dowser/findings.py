@@ -6,7 +6,8 @@ Inputs (any may be missing; a claim without its table is "not yet measured"):
 summary.parquet (dowser.report.summary_table, one row per run), stability.parquet (paper
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
 continual.parquet or continual*_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...;
-one per sequence setting) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
+one per sequence setting), upstream_loss.parquet (benchmarks/upstream_loss.py: upstream NLL per
+run and benchmark) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
 in the page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
 
@@ -43,11 +44,41 @@ def _three_way(ok: int, total: int) -> str:
     return "reproduced" if ok == total else "not reproduced" if ok == 0 else "mixed"
 
 
-def claim_depth(summary: pd.DataFrame) -> Verdict:
+def nll_table(nll: pd.DataFrame) -> pd.DataFrame:
+    """Full-FT's upstream NLL per answer token (benchmarks/upstream_loss.py: mean over the upstream
+    benchmarks, then over seeds) at each L of each (task, recipe) with >= 2 depths."""
+    full = nll[nll.method == "full"].astype({"L": int, "epochs": int})  # ints again (zero-shot rows have none)
+    per_run = full.groupby(["run", "task", *RECIPE, "L"]).nll.mean().reset_index()
+    out = per_run.groupby(["task", *RECIPE, "L"]).agg(upstream_nll=("nll", "mean"), seeds=("nll", "size")).reset_index()
+    return out[out.groupby(["task", *RECIPE]).L.transform("nunique") >= 2]
+
+
+def nll_trend(nll: pd.DataFrame) -> str:
+    """One sentence: in how many Full-FT depth sweeps the upstream NLL rises with L (Spearman > 0 and
+    deepest above shallowest), against the base model's NLL. Evidence beside claim 1's A_up rule (it
+    moves where A_up is at the floor); not part of the verdict."""
+    table = nll_table(nll)
+    parts, ok = [], 0
+    for (task, lr, ep), g in table.groupby(["task", *RECIPE]):
+        g = g.sort_values("L")
+        rs = spearman(g.L, g.upstream_nll)
+        ok += rs is not None and rs > 0 and g.upstream_nll.iloc[-1] > g.upstream_nll.iloc[0]
+        parts.append(f"{task} lr {lr:g}×{ep}: {g.upstream_nll.iloc[0]:.2f} (L={g.L.iloc[0]}) → "
+                     f"{g.upstream_nll.iloc[-1]:.2f} (L={g.L.iloc[-1]}), Spearman {rs if rs is None else round(rs, 2)}")
+    if not parts:
+        return ""
+    base = nll[nll.method == "zero-shot"].nll
+    base_txt = f"; base model {base.mean():.2f}" if len(base) else ""
+    return (f"Upstream NLL per answer token rises with L in {ok} of {len(parts)} Full-FT sweeps: "
+            + "; ".join(parts) + base_txt)
+
+
+def claim_depth(summary: pd.DataFrame, nll: pd.DataFrame | None = None) -> Verdict:
     """1. Full-FT's A_up falls further as L grows: in each (task, recipe) with >= 2 depths,
     A_up at the deepest L is below A_up at the shallowest and Spearman(L, A_up) < 0. A sweep
     whose shallowest A_up is already at the floor (< FLOOR_UP: everything forgotten at every
-    depth) cannot show a fall: it is listed, not counted."""
+    depth) cannot show a fall: it is listed, not counted. `nll` (upstream_loss.parquet): its
+    trend is added to the evidence (`nll_trend`), not to the verdict."""
     claim = "Full-FT's upstream accuracy falls further as L grows"
     full = summary[summary.method == "full"]
     groups, ok, parts, floor = 0, 0, [], []
@@ -65,10 +96,13 @@ def claim_depth(summary: pd.DataFrame) -> Verdict:
         ok += pts.iloc[-1] < pts.iloc[0] and rs is not None and rs < 0
         parts.append(text)
     floor_txt = f"; at the floor from the shallowest L (not counted): {'; '.join(floor)}" if floor else ""
+    loss = nll_trend(nll) if nll is not None else ""
+    loss_txt = f". {loss}" if loss else ""
     if not groups:
-        return Verdict(claim, "not yet measured", ("no Full-FT sweep over depths above the floor" + floor_txt)
-                       if floor else "no Full-FT runs at two or more depths")
-    return Verdict(claim, _three_way(ok, groups), f"falls in {ok} of {groups} sweeps; " + "; ".join(parts) + floor_txt)
+        return Verdict(claim, "not yet measured", ("no Full-FT sweep over depths above the floor" + floor_txt
+                                                   + loss_txt) if floor else "no Full-FT runs at two or more depths")
+    return Verdict(claim, _three_way(ok, groups),
+                   f"falls in {ok} of {groups} sweeps; " + "; ".join(parts) + floor_txt + loss_txt)
 
 
 def claim_random(summary: pd.DataFrame) -> Verdict:
@@ -249,7 +283,8 @@ def render(results: Path, frac: float = 0.9) -> str:
     cl = continual_tables(results)
     if summary is None:
         raise FileNotFoundError(f"{results / 'summary.parquet'} does not exist (dowser report --out {results})")
-    verdicts = [claim_depth(summary), claim_random(summary), claim_deep(summary), claim_stability(stab),
+    nll = _read(results / "upstream_loss.parquet")
+    verdicts = [claim_depth(summary, nll), claim_random(summary), claim_deep(summary), claim_stability(stab),
                 claim_continual(cl)]
     out = ["# Results\n", f"Generated by `python -m dowser.findings {results}` from the tables in `{results}/` "
            "(`dowser report` over the runs; do not edit by hand). A_up: mean upstream accuracy; A_down: the "
@@ -280,6 +315,11 @@ def render(results: Path, frac: float = 0.9) -> str:
     if not depth.empty:
         out += ["\n## Depth (claim 1)\n", "Seed means at each depth L (the last L decoder blocks trained).\n",
                 md_table(depth)]
+    if nll is not None and not nll_table(nll).empty:
+        base = nll[nll.method == "zero-shot"].groupby("benchmark").nll.mean()
+        out += ["\nFull-FT's upstream loss (`upstream_loss.parquet`, benchmarks/upstream_loss.py): NLL per answer "
+                "token under teacher forcing on each upstream benchmark's test split, mean over the benchmarks, "
+                f"then over seeds. The base model's: {base.mean():.3f}.\n", md_table(nll_table(nll), 3)]
     matched = matched_table(summary)
     if not matched.empty:
         out += ["\n## H at matched A_down\n", "A_up interpolated along each method's lr/epochs sweep (seed means) "
