@@ -139,8 +139,11 @@ def test_continual_judged_per_setting_and_depth_table(tmp_path):
     depth = depth_table(summary)
     assert depth[depth.method == "full"].L.tolist() == [1, 2, 6]
     assert depth[depth.method == "dowser"][["A_up", "seeds"]].values.tolist() == [[40.5, 2]]
-    summary.to_parquet(res / "summary.parquet")
-    summary.to_parquet((res / "wide").mkdir() or res / "wide" / "summary.parquet")
+    pd.concat([summary, frame([row("zero-shot", 98.75, 4.0, L=0)])]).to_parquet(res / "summary.parquet")
+    wide = pd.concat([summary, frame([row("zero-shot", 91.5, 3.0, L=0)])])
+    wide.to_parquet((res / "wide").mkdir() or res / "wide" / "summary.parquet")
     text = write_results_md(res, tmp_path / "results.md")
     assert "## Depth (claim 1)" in text and "## Capacity: the wide world" in text
+    # the two base models side by side
+    assert "| default | world-coco | 98.75 | 4 |" in text and "| wide | world-coco | 91.5 | 3 |" in text
     assert "| 5. Dowser forgets less in continual learning (BWT) | mixed |" in text

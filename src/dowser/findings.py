@@ -332,9 +332,12 @@ def render(results: Path, frac: float = 0.9) -> str:
     wide = _read(results / "wide" / "summary.parquet")
     if wide is not None:
         v = claim_random(wide)
+        bases = pd.concat([summary.assign(world="default"), wide.assign(world="wide")])
+        bases = bases[bases.method == "zero-shot"][["world", "task", "A_up", "A_down", "H"]]
         out += ["\n## Capacity: the wide world\n", "The same tasks on a decoder twice as wide (configs/world-wide.yaml, "
                 "its own pretrained base), tables in `wide/`. Claim 2 judged there by the same rule: "
-                f"**{v.verdict}** ({v.evidence}).\n", md_table(layout_table(wide, "H")),
+                f"**{v.verdict}** ({v.evidence}).\n", "The two base models before fine-tuning:\n", md_table(bases), "",
+                md_table(layout_table(wide, "H")),
                 "\nFull-FT there:\n", md_table(shown(wide[wide.method == "full"]))]
     recipe = main_recipe(summary)
     at = summary if recipe is None else summary[(summary.method == "zero-shot")
