@@ -268,6 +268,27 @@ def test_structure_alone_finds_the_decoder_of_an_unknown_wrapper():
     assert len(scored_modules(model)) == 2 * LINEARS_PER_BLOCK
 
 
+def test_hf_part_is_none_only_for_a_part_the_class_lacks():
+    """No such method, or transformers' NotImplementedError for a class it cannot resolve: None
+    (the callers search by structure). A getter failing otherwise is a bug: it propagates."""
+    from dowser.models import _hf_part
+
+    class Unresolved(T.LlamaPreTrainedModel):  # no embed_tokens / model / language_model attribute
+        def __init__(self):
+            super().__init__(T.LlamaConfig(**TEXT))
+
+    class Broken(nn.Module):
+        def get_input_embeddings(self):
+            return self.missing_attribute
+
+    assert _hf_part(_RemoteCodeVLM(), "get_input_embeddings") is None
+    assert _hf_part(Unresolved(), "get_input_embeddings") is None
+    with pytest.raises(AttributeError, match="missing_attribute"):
+        _hf_part(Broken(), "get_input_embeddings")
+    llama = _llama()
+    assert _hf_part(llama, "get_input_embeddings") is llama.model.embed_tokens
+
+
 class _Block(nn.Module):
     def __init__(self, d=8):
         super().__init__()

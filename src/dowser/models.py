@@ -61,15 +61,16 @@ class ScoredModule:
 
 def _hf_part(model: nn.Module, getter: str):
     """`model.<getter>()` (transformers' get_input_embeddings / get_decoder), or None for a model
-    that does not define that part: no such method, or transformers' base implementation, which
-    raises NotImplementedError, AttributeError or ValueError when a class has no such part. The
-    callers then search the module tree by structure instead."""
+    that does not define that part: a plain nn.Module without the method (remote-code wrappers such
+    as NVILA's), or a PreTrainedModel whose class transformers' base get_input_embeddings cannot
+    resolve (it raises NotImplementedError; get_decoder never raises). The callers then search the
+    module tree by structure. Any other error is a bug in the model's getter and propagates."""
     fn = getattr(model, getter, None)
     if not callable(fn):
         return None
     try:
         return fn()
-    except (NotImplementedError, AttributeError, ValueError):
+    except NotImplementedError:
         return None
 
 
