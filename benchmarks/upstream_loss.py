@@ -70,10 +70,10 @@ def main():
         if run is not None:
             keys.update(task=run["task"], L=run["depth"], rho=run["rho"], seed=run["seed"],
                         lr=run["train"]["lr"], epochs=run["train"]["epochs"])
-        mine = []
+        data, mine = data_root(work), []
         for bench, res in doc["results"].items():
             if res["role"] == "upstream":
-                nll, tokens = answer_nll(model, processor, bench, data_root(work), limit=args.limit)
+                nll, tokens = answer_nll(model, processor, bench, data, limit=args.limit)
                 mine.append({**keys, "benchmark": bench, "nll": nll, "tokens": tokens})
         rows += mine
         print(f"{method} {keys.get('task', '')} L={keys.get('L', '')} lr={keys.get('lr', '')}: "

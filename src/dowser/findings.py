@@ -315,11 +315,12 @@ def render(results: Path, frac: float = 0.9) -> str:
     if not depth.empty:
         out += ["\n## Depth (claim 1)\n", "Seed means at each depth L (the last L decoder blocks trained).\n",
                 md_table(depth)]
-    if nll is not None and not nll_table(nll).empty:
-        base = nll[nll.method == "zero-shot"].groupby("benchmark").nll.mean()
+    losses = None if nll is None else nll_table(nll)
+    if losses is not None and not losses.empty:
+        base = nll[nll.method == "zero-shot"].nll.mean()
         out += ["\nFull-FT's upstream loss (`upstream_loss.parquet`, benchmarks/upstream_loss.py): NLL per answer "
                 "token under teacher forcing on each upstream benchmark's test split, mean over the benchmarks, "
-                f"then over seeds. The base model's: {base.mean():.3f}.\n", md_table(nll_table(nll), 3)]
+                f"then over seeds. The base model's: {base:.3f}.\n", md_table(losses, 3)]
     matched = matched_table(summary)
     if not matched.empty:
         out += ["\n## H at matched A_down\n", "A_up interpolated along each method's lr/epochs sweep (seed means) "
