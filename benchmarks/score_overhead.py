@@ -8,8 +8,12 @@ For each model (the world model's shape, and a wider Llama slice) and the same p
   the first scored modules' outputs: the gradients scoring needs, no weight gradients), nothing
   accumulated (the floor);
 - dowser: `accumulate_scores` (forward hooks, |g| accumulated by tensor hooks, s^T|H| matmuls);
-- separate: R x (forward + backward), what a naive implementation does.
-All three run interleaved in one process, `--repeats` rounds in rotated order; a ratio is taken
+- separate: R x (forward + backward), what a naive implementation does;
+- bare+aggregate, bare+accumulate, bare+both: the bare loop plus the statistic's arithmetic
+  written plainly (`hutchinson_loop`'s `parts`): |g| added into a buffer per scored output and
+  draw, and buf^T |h| per module and batch. bare+both computes dowser.score's `outer` statistic
+  (checked against it before timing): the cost of the arithmetic itself, whatever the hooks.
+All run interleaved in one process, `--repeats` rounds in rotated order; a ratio is taken
 per round (dowser / bare of the same round) and the median is reported with its spread
 (quartiles, range). Default: 1 thread, process CPU time (`--threads 2 --clock wall` on a quiet
 machine).
@@ -33,6 +37,10 @@ from dowser.models import scored_modules
 from dowser.score import ScoreConfig, _pad, accumulate_scores, draw_seed, rademacher
 
 OUT = Path(__file__).parent / "results" / "score_overhead.json"
+# The decomposition: the bare loop plus the statistic's arithmetic written plainly (hutchinson_loop's
+# `parts`); "bare+both" is what any eager implementation of the `outer` l1 statistic computes.
+PARTS = {"bare+aggregate": frozenset({"aggregate"}), "bare+accumulate": frozenset({"accumulate"}),
+         "bare+both": frozenset({"accumulate", "aggregate"})}
 # cpu: this process's CPU time. The machine is shared (a background experiment queue, other jobs):
 # wall-clock times of a 2-thread run swung from 2 s to 12 s for a 0.3 s loop there, as OpenMP
 # threads waited on descheduled peers; one thread's CPU time is reproducible to a few percent.
@@ -54,16 +62,42 @@ def probes(n, length, vocab, seed=0):
     return [torch.randint(3, vocab, (length,), generator=g).tolist() for _ in range(n)]
 
 
-def hutchinson_loop(model, seqs, draws, batch, shared=True):
+def hutchinson_loop(model, seqs, draws, batch, shared=True, parts=frozenset()):
     """The floor: forward(s) + R backwards with cotangent xi (= grad of (xi*f).sum()), as deep as
     scoring needs and no deeper: down to the outputs of the first scored modules in forward order
-    (block 0's q/k/v, which read one input), as dowser.score does. Nothing is captured."""
+    (block 0's q/k/v, which read one input), as dowser.score does. Nothing is captured.
+
+    `parts` adds the scoring statistic's own arithmetic to the floor, written plainly, for the
+    decomposition: "accumulate" adds |g| of every scored output into an fp32 buffer per module
+    (a tensor hook per output; the first draw writes), "aggregate" adds buf^T |h| (|h|: the
+    module's input) into a d_out x d_in accumulator per module after each batch's draws.
+    Returns the accumulators (with both parts: dowser.score's `outer` statistic)."""
     emb = model.get_input_embeddings()
     named = dict(model.named_modules())
-    seen = []  # (input, output) of block 0's scored modules, in forward order
+    seen = []  # (name, input, output) of the hooked modules, in forward order
+    bufs, acc, tmp, first = {}, {}, {}, [True]
+
+    def grad_hook(name):
+        def hook(g):
+            if first[0]:
+                torch.abs(g, out=bufs[name])
+            else:
+                t = tmp.setdefault(g.shape, torch.empty_like(g))
+                bufs[name].add_(torch.abs(g, out=t))
+        return hook
+
+    def forward_hook(name):
+        def hook(mod, i, o):
+            seen.append((name, i[0], o))
+            if parts and (name not in bufs or bufs[name].shape != o.shape):
+                bufs[name] = torch.zeros(o.shape)
+            if "accumulate" in parts:
+                o.register_hook(grad_hook(name))
+        return hook
+
     handles = [emb.register_forward_hook(lambda m, i, o: o.detach().requires_grad_(True))]
-    handles += [named[m.name].register_forward_hook(lambda mod, i, o: seen.append((i[0], o)))
-                for m in scored_modules(model) if m.block == 0]
+    handles += [named[m.name].register_forward_hook(forward_hook(m.name))
+                for m in scored_modules(model) if parts or m.block == 0]
     try:
         for start in range(0, len(seqs), batch):
             ids, attn = _pad(seqs[start:start + batch], 0, "cpu")
@@ -71,14 +105,25 @@ def hutchinson_loop(model, seqs, draws, batch, shared=True):
                 if r == 0 or not shared:
                     seen.clear()
                     f = model(input_ids=ids, attention_mask=attn).logits
-                    targets = [o for x, o in seen if x is seen[0][0]]
+                    inputs = [(name, x) for name, x, _ in seen]
+                    targets = [o for _, x, o in seen if x is seen[0][1]]
                     seen.clear()
                 xi = torch.stack([rademacher(tuple(f.shape[1:]), draw_seed(0, start + b, r)) for b in range(len(ids))])
+                first[0] = r == 0
                 torch.autograd.grad(f, targets, grad_outputs=xi.to(f.dtype), retain_graph=shared and r < draws - 1)
             del f, targets
+            if "aggregate" in parts:
+                abs_x = {}
+                for name, x in inputs:
+                    h = abs_x.setdefault(id(x), x.detach().abs())
+                    S, H = bufs[name].reshape(-1, bufs[name].shape[-1]), h.reshape(-1, h.shape[-1])
+                    a = acc.setdefault(name, torch.zeros(S.shape[1], H.shape[1]))
+                    a.addmm_(S.T, H, alpha=1.0 / draws)
+            del inputs
     finally:
         for h in handles:
             h.remove()
+    return acc
 
 
 def timed(fn, clock):
@@ -99,14 +144,20 @@ def measure(name, model, n, length, draws, batch, repeats, clock):
     runs = {"bare": lambda: hutchinson_loop(model, seqs, draws, batch),
             "dowser": lambda: accumulate_scores(model, seqs, list(range(n)), cfg),
             "separate": lambda: hutchinson_loop(model, seqs, draws, batch, shared=False)}
+    for part in PARTS:
+        runs[part] = lambda p=PARTS[part]: hutchinson_loop(model, seqs, draws, batch, parts=p)
     for fn in runs.values():  # warm-up (allocator, first-call costs)
         fn()
+    reference, scores = runs["bare+both"](), runs["dowser"]()["outer"]
+    if not all(torch.allclose(reference[k], scores[k], rtol=1e-5, atol=0) for k in scores):
+        raise AssertionError("the decomposition's plain statistic differs from dowser.score's")
     keys, times = list(runs), {k: [] for k in runs}
     for i in range(repeats):  # interleaved, each round in a rotated order; ratios are paired per round
         for k in keys[i % len(keys):] + keys[:i % len(keys)]:
             times[k].append(timed(runs[k], clock))
     overhead = _stats([d / b for d, b in zip(times["dowser"], times["bare"])])
     shared = _stats([s / b for s, b in zip(times["separate"], times["bare"])])
+    parts = {k: _stats([t / b for t, b in zip(times[k], times["bare"])]) for k in PARTS}
     params = sum(p.numel() for n_, p in model.named_parameters() if "layers." in n_ and n_.endswith("proj.weight"))
     outer = accumulate_scores(model, seqs[:1], [0], cfg)["outer"]
     fact = accumulate_scores(model, seqs, list(range(n)), ScoreConfig(draws=draws, batch_size=batch,
@@ -118,6 +169,7 @@ def measure(name, model, n, length, draws, batch, repeats, clock):
         "overhead_vs_bare": overhead["median"],
         "overhead_spread": overhead,
         "shared_forward_speedup": shared["median"],
+        "parts_vs_bare": parts,
         "accumulator_bytes": {
             "outer": sum(v.numel() * v.element_size() for v in outer.values()),
             "factored": sum(v.numel() * v.element_size() for part in ("a", "b") for v in fact[part].values()),
@@ -148,6 +200,7 @@ def main():
               f"range {o['min']:.3f}-{o['max']:.3f}), shared forward "
               f"{r['shared_forward_speedup']:.2f}x faster than separate; accumulators outer "
               f"{r['accumulator_bytes']['outer'] / 2**20:.2f} MiB, factored {r['accumulator_bytes']['factored'] / 2**20:.3f} MiB")
+        print("  parts: " + ", ".join(f"{k} {v['median']:.3f}x" for k, v in r["parts_vs_bare"].items()))
 
 
 if __name__ == "__main__":
