@@ -49,3 +49,40 @@ def tiny_world_llava(dtype=torch.float64, seed=0):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, processor
+
+
+def moved_llama(dtype=torch.float64, scale=0.01, layers=3, depth=2):
+    """A "fine-tuned" tiny_llama for the post-hoc methods: every weight of the last `depth` blocks'
+    trainable modules moved by scale * N(0, 1). Returns (model, names, base_state, state_before):
+    base_state holds those weights before the move, state_before the whole state dict."""
+    from dowser.models import trainable_modules
+
+    model = tiny_llama(dtype, layers=layers)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    names = [m.name for m in trainable_modules(model, depth)]
+    base_state = {n: modules[n].weight.detach().clone() for n in names}
+    with torch.no_grad():
+        for n in names:
+            modules[n].weight += scale * torch.randn_like(modules[n].weight)
+    return model, names, base_state, before
+
+
+def lm_batches(n=3, rows=4, length=9, vocab=24, seed=0):
+    """PostHocContext's `batches`: n fixed batches of random tokens as a causal LM's own labels."""
+    gen = torch.Generator().manual_seed(seed)
+    data = [torch.randint(3, vocab, (rows, length), generator=gen) for _ in range(n)]
+
+    def batches(max_rows=None, limit_batches=None):
+        for ids in data[:limit_batches]:
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    return batches
+
+
+def assert_only_trainable_changed(model, names, before):
+    """Every entry of the state dict outside the `names` modules' weights equals `before`."""
+    trainable = {n + ".weight" for n in names}
+    for k, v in model.state_dict().items():
+        if k not in trainable:
+            assert torch.equal(v, before[k]), k

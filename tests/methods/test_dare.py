@@ -2,10 +2,9 @@
 
 import torch
 
-from tinymodels import tiny_llama
+from tinymodels import assert_only_trainable_changed, moved_llama
 from dowser.methods import get_method
 from dowser.methods.dare import drop_and_rescale
-from dowser.models import trainable_modules
 from dowser.posthoc import PostHocContext
 
 
@@ -26,14 +25,8 @@ def test_rescale_is_unbiased_and_drops_p():
 
 
 def test_post_train_touches_only_the_delta_of_trainable_modules():
-    base = tiny_llama(torch.float64, layers=3)
-    model = tiny_llama(torch.float64, layers=3)
+    model, names, base_state, before = moved_llama(torch.float64, scale=0.01)  # every trainable weight moved
     modules = dict(model.named_modules())
-    names = [m.name for m in trainable_modules(model, 2)]
-    base_state = {n: modules[n].weight.detach().clone() for n in names}
-    with torch.no_grad():  # a "fine-tuned" model: every trainable weight moved
-        for n in names:
-            modules[n].weight += 0.01 * torch.randn_like(modules[n].weight)
     ft = {n: modules[n].weight.detach().clone() for n in names}
     dare = get_method("dare")
     dare.post_train(model, base_state, PostHocContext(batches=None, rho=0.1, depth=2))
@@ -42,7 +35,4 @@ def test_post_train_touches_only_the_delta_of_trainable_modules():
         dropped = w == w0
         assert 0.8 < float(dropped.double().mean()) < 0.97  # p = 1 - rho = 0.9
         torch.testing.assert_close(w[~dropped], (w0 + (ft[n] - w0) / 0.1)[~dropped])
-    trainable = {n + ".weight" for n in names}
-    for k, v in base.state_dict().items():
-        if k not in trainable:
-            assert torch.equal(model.state_dict()[k], v), k
+    assert_only_trainable_changed(model, names, before)

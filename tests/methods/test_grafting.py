@@ -3,9 +3,8 @@ entry by entry."""
 
 import torch
 
-from tinymodels import tiny_llama
+from tinymodels import assert_only_trainable_changed, lm_batches, moved_llama
 from dowser.methods import get_method
-from dowser.models import trainable_modules
 from dowser.posthoc import PostHocContext
 
 
@@ -47,24 +46,11 @@ def test_topk_rounding_keeps_the_budget_after_steps():
 
 
 def test_post_train_grafts_entries_exactly():
-    model = tiny_llama(torch.float32, layers=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model, names, base_state, before = moved_llama(torch.float32, scale=0.05)
     modules = dict(model.named_modules())
-    names = [m.name for m in trainable_modules(model, 2)]
-    base_state = {n: modules[n].weight.detach().clone() for n in names}
-    with torch.no_grad():
-        for n in names:
-            modules[n].weight += 0.05 * torch.randn_like(modules[n].weight)
     ft = {n: modules[n].weight.detach().clone() for n in names}
-    gen = torch.Generator().manual_seed(0)
-    data = [torch.randint(3, 24, (4, 9), generator=gen) for _ in range(3)]
-
-    def batches(max_rows=None, limit_batches=None):
-        for ids in data[:limit_batches]:
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-
     graft = get_method("grafting", {"epochs": 3, "rounding": "topk"})
-    graft.post_train(model, base_state, PostHocContext(batches=batches, rho=0.1, depth=2))
+    graft.post_train(model, base_state, PostHocContext(batches=lm_batches(), rho=0.1, depth=2))
     assert len(graft.log) == 3
     kept = 0
     for n in names:
@@ -73,10 +59,7 @@ def test_post_train_grafts_entries_exactly():
         assert bool((is_ft | is_pre).all())
         kept += int((is_ft & ~is_pre).sum())
     assert kept == round(0.1 * sum(ft[n].numel() for n in names))
-    trainable = {n + ".weight" for n in names}
-    for k, v in model.state_dict().items():
-        if k not in trainable:
-            assert torch.equal(v, before[k]), k
+    assert_only_trainable_changed(model, names, before)
 
 
 def test_top_k_equals_a_stable_sort_with_ties():

@@ -3,10 +3,9 @@
 
 import torch
 
-from tinymodels import tiny_llama
+from tinymodels import assert_only_trainable_changed, lm_batches, moved_llama
 from dowser.methods import get_method
 from dowser.methods.tailor import tailor_weight
-from dowser.models import trainable_modules
 from dowser.posthoc import PostHocContext
 
 
@@ -67,26 +66,9 @@ def test_official_sign_mirrors_the_update():
 
 
 def test_post_train_on_a_model():
-    model = tiny_llama(torch.float64, layers=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    modules = dict(model.named_modules())
-    names = [m.name for m in trainable_modules(model, 2)]
-    base_state = {n: modules[n].weight.detach().clone() for n in names}
-    with torch.no_grad():
-        for n in names:
-            modules[n].weight += 0.01 * torch.randn_like(modules[n].weight)
-    gen = torch.Generator().manual_seed(0)
-    data = [torch.randint(3, 24, (4, 9), generator=gen) for _ in range(3)]
-
-    def batches(max_rows=None, limit_batches=None):
-        for ids in data:
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-
+    model, names, base_state, before = moved_llama(torch.float64, scale=0.01)
     tailor = get_method("tailor", {"blocksize": 8})
-    tailor.post_train(model, base_state, PostHocContext(batches=batches, rho=0.25, depth=2))
+    tailor.post_train(model, base_state, PostHocContext(batches=lm_batches(), rho=0.25, depth=2))
     for n in names:
         assert abs(tailor.reset_fractions[n] - 0.75) < 0.01
-    trainable = {n + ".weight" for n in names}
-    for k, v in model.state_dict().items():
-        if k not in trainable:
-            assert torch.equal(v, before[k]), k
+    assert_only_trainable_changed(model, names, before)
