@@ -82,7 +82,9 @@ def hutchinson_loop(model, seqs, draws, batch, shared=True, parts=frozenset()):
             if first[0]:
                 torch.abs(g, out=bufs[name])
             else:
-                t = tmp.setdefault(g.shape, torch.empty_like(g))
+                t = tmp.get(g.shape)
+                if t is None:  # one scratch per shape, as dowser.score (no allocation per call)
+                    t = tmp[g.shape] = torch.empty_like(g)
                 bufs[name].add_(torch.abs(g, out=t))
         return hook
 
@@ -115,10 +117,13 @@ def hutchinson_loop(model, seqs, draws, batch, shared=True, parts=frozenset()):
             if "aggregate" in parts:
                 abs_x = {}
                 for name, x in inputs:
-                    h = abs_x.setdefault(id(x), x.detach().abs())
+                    if id(x) not in abs_x:  # q/k/v (gate/up) read one input: one |h|
+                        abs_x[id(x)] = x.detach().abs()
+                    h = abs_x[id(x)]
                     S, H = bufs[name].reshape(-1, bufs[name].shape[-1]), h.reshape(-1, h.shape[-1])
-                    a = acc.setdefault(name, torch.zeros(S.shape[1], H.shape[1]))
-                    a.addmm_(S.T, H, alpha=1.0 / draws)
+                    if name not in acc:
+                        acc[name] = torch.zeros(S.shape[1], H.shape[1])
+                    acc[name].addmm_(S.T, H, alpha=1.0 / draws)
             del inputs
     finally:
         for h in handles:

@@ -16,9 +16,10 @@ FSDP2 needs no `sync_module_states`). A model that saves buffers with its weight
 (`persistent_buffers`; none of the supported families has one) is read on every rank instead.
 Not through accelerate's FSDP_CPU_RAM_EFFICIENT_LOADING variable: transformers 5 no longer
 skips reading the weights on ranks > 0 under it (4.x did, on each node's local rank > 0).
-Arithmetic (LLaVA-1.5-7B, 7.06e9 parameters, bf16: 14.1 GB): a copy per process is 8 x 14.1 = 113 GB of a node's host RAM before sharding, plus the fp32
-masters `fp32_masters` makes of the trainable set (Full-FT of all 32 blocks' linears: +13 GB
-each, 8 x 27 = 216 GB); one copy per job is 14.1 GB (+ its masters) on rank 0's node. The
+Arithmetic (LLaVA-1.5-7B, 7.06e9 parameters, bf16: 14.1 GB): a copy per process is 8 x 14.1 =
+113 GB of a node's host RAM before sharding, plus the fp32 masters `fp32_masters` makes of the
+trainable set (Full-FT of all 32 blocks' linears: +13 GB each, 8 x 27 = 216 GB); one copy per
+job is 14.1 GB (+ its masters) on rank 0's node. The
 fine-tune loop reads weight values before prepare (||W0||) on rank 0 only, and everything it
 does to the model before prepare (masks, adapters, masters) holds for meta tensors.
 """

@@ -280,14 +280,15 @@ def _plots(summary: pd.DataFrame, out: Path) -> list[str]:
             if x == "rho":  # the depth with the most budgets measured
                 depth = df.groupby("L").rho.nunique().idxmax() if df.rho.notna().any() else df.L.max()
                 df = df[df.L == depth]
-            else:  # one budget per line: dense methods and masks at the smallest rho (never averaged over rho)
-                df = df[df.rho.isna() | (df.rho == df.rho.min())]
+            else:  # one budget per line: dense methods and masks at the task's smallest rho (never averaged over rho)
+                low = df.rho.min()
+                df = df[df.rho.isna() | (df.rho == low)]
             for method, g in df.groupby("method"):
                 g = g.groupby(x)["H"].agg(["mean", "std"]).reset_index()
                 if len(g) >= 2:
                     ax.errorbar(g[x], g["mean"], yerr=g["std"].fillna(0), label=method, marker="o", capsize=3,
                                 color=colors[method])
-            rho_txt = f" (masks at rho {runs.rho.min():g})" if x == "L" and runs.rho.notna().any() else ""
+            rho_txt = f" (masks at rho {low:g})" if x == "L" and pd.notna(low) else ""
             ax.set(title=task, xlabel=("depth L" + rho_txt) if x == "L" else f"rho (L = {depth})", ylabel="H-score")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)

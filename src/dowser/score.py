@@ -19,8 +19,8 @@ tensor hook on each scored output adds |g| (g^2) into that module's buffer while
 so no gradient is held until the backward ends (holding all of them slowed the backward's own
 elementwise ops) and no per-module Python work runs after it. `outer` then adds s^T|H| with one
 `addmm_` per module and batch (as many FLOPs as the forward's linears). On the world's shape this
-is 1.16x the bare loop, on the LLaMA slice 1.11x; the same arithmetic written plainly on top of the
-bare loop (the benchmark's `bare+both`, the same numbers bit for bit) costs 1.18x and 1.11x, so what
+is 1.15x the bare loop, on the LLaMA slice 1.11x; the same arithmetic written plainly on top of the
+bare loop (the benchmark's `bare+both`, the same numbers bit for bit) costs 1.17x and 1.11x, so what
 remains is the statistic's own work (benchmarks/results/score_overhead.json). Memory: `outer`
 keeps d_out x d_in fp32 per scored module on the model's device (4 B/weight: 51 GB for
 LLaMA-13B's 12.7B scored weights, beside 26 GB of bf16 weights); `module_groups: G`
