@@ -1,4 +1,4 @@
-"""How well `factored` scores rank like `outer` ones (METHOD.md §1: a measured figure).
+"""How well `factored` scores rank like `outer` ones (docs/method.md §1: a measured figure).
 
     python benchmarks/aggregate_agreement.py [--model results/models/<id>]   # default: shipped world model
 

@@ -2,7 +2,7 @@
 
     python benchmarks/official_vs_default.py [--seeds 2]
 
-Scores the shipped world model's decoder with the default preset (METHOD.md: N 64, R 8,
+Scores the shipped world model's decoder with the default preset (docs/method.md: N 64, R 8,
 per-token outer sum, text-only and noise-image probes) and with the official preset (the
 authors' script: 64 self-generated probes in batches of 4, M 8, xi on the last position),
 each for `--seeds` probe/xi seeds, then compares (dowser.stability.compare) the

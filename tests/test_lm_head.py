@@ -1,5 +1,5 @@
 """finetune.train.train_lm_head: the authors' LLaVA train_dowser.py trains lm_head fully (dense,
-fp32 master, every method); the default (METHOD.md §3) keeps it frozen."""
+fp32 master, every method); the default (docs/method.md §3) keeps it frozen."""
 
 import copy
 import json

@@ -8,7 +8,7 @@
 Each benchmark runs as an lm-eval task built from its shipped YAML (`dowser/tasks/lmeval`)
 with the data location filled in, plus a `<name>-labels` multiple-choice task when the
 benchmark has a closed answer set (label-restricted accuracy: format loss vs knowledge
-loss, WORLD.md). Metrics are `dowser.metrics` functions called from the YAMLs' hooks, so
+loss, docs/world.md §2). Metrics are `dowser.metrics` functions called from the YAMLs' hooks, so
 `score_predictions` recomputes the same numbers from a predictions file.
 Importing lm-eval costs ~10 s: evaluate all benchmarks of a model in one call.
 """

@@ -4,7 +4,7 @@
         [--mask results/masks/<id>/mask.h5] --data results/data/<id> --out results/runs/<id>
 
 The trainable set for every method is the scored linears of the last L decoder blocks
-(METHOD.md §3); dense methods train them whole, masked methods only their mask's True
+(docs/method.md §3); dense methods train them whole, masked methods only their mask's True
 entries (`dowser.sparse`); `train_norms` adds the blocks' 1-D parameters and `train_lm_head`
 the lm_head, both dense for every method (the authors' LLaVA script). Before
 training the run writes `trainable.json` (per group: vision tower, projector, each block)

@@ -265,7 +265,7 @@ def cider_d(predictions: Mapping[str, str], references: Mapping[str, Sequence[st
     return float(score)
 
 
-# --- the paper's summary scores (METHOD.md section 4) ---------------------------------
+# --- the paper's summary scores (docs/method.md §4) -----------------------------------
 def _mean(values: Iterable[float]) -> float:
     vals = list(values)
     if not vals:

@@ -7,7 +7,7 @@
     for m in trainable_modules(model, depth=20):   # the last 20 decoder blocks
         print(m.block, m.name, m.shape)
 
-METHOD.md §1: the scored modules are every `nn.Linear` inside the language decoder's
+docs/method.md §1: the scored modules are every `nn.Linear` inside the language decoder's
 transformer blocks; embeddings, lm_head, norms, the vision tower and the projector are
 not scored. §3: only the last L blocks are fine-tuned.
 
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-# The dtypes a checkpoint is loaded in (METHOD.md §1: scores accumulate in fp32 whatever
+# The dtypes a checkpoint is loaded in (docs/method.md §1: scores accumulate in fp32 whatever
 # the model's dtype, so bf16/fp16 models are fine to score).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Files a checkpoint folder needs: load_model reads safetensors only; *.py is remote code
@@ -52,7 +52,7 @@ CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.ji
 
 @dataclass(frozen=True)
 class ScoredModule:
-    """One scored linear map z = W h of the language decoder (METHOD.md §1)."""
+    """One scored linear map z = W h of the language decoder (docs/method.md §1)."""
 
     block: int  # index of the decoder block (0-based, in order)
     name: str  # full dotted name in model.named_modules()
@@ -201,7 +201,7 @@ def scored_modules(model: nn.Module) -> list[ScoredModule]:
 
 
 def trainable_modules(model: nn.Module, depth: int) -> list[ScoredModule]:
-    """The scored modules of the last `depth` decoder blocks (METHOD.md §3: last L layers)."""
+    """The scored modules of the last `depth` decoder blocks (docs/method.md §3: last L layers)."""
     n = num_blocks(model)
     if depth < 1:
         raise ValueError(f"depth L={depth} must be at least 1")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dowser.tasks import TaskInfo, get_task, local_file
 
-TRAIN_SAMPLES = 10_000  # the paper fine-tunes on 10k samples per task (METHOD.md §4)
+TRAIN_SAMPLES = 10_000  # the paper fine-tunes on 10k samples per task (docs/method.md §4)
 MANIFEST = "manifest.json"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _ROWS_PER_GROUP = 100  # parquet row group: images make rows large

@@ -1,4 +1,4 @@
-"""Named presets of the probe and score stages: `default` (METHOD.md) and `official`.
+"""Named presets of the probe and score stages: `default` (docs/method.md) and `official`.
 
     from dowser.presets import probe_fields, score_fields
     ProbeSpec(model=m, **probe_fields(config["probe"]))   # preset values filled before hashing

@@ -3,7 +3,7 @@
     dowser probe --spec '<ProbeSpec json>' --model results/models/<id> --out results/probes/<id>
 
 Seed tokens are drawn uniformly from the tokenizer's vocabulary with special tokens
-excluded (METHOD.md §2); the model samples the continuation. Each probe has its own
+excluded (docs/method.md §2); the model samples the continuation. Each probe has its own
 RNG seed derived from (spec seed, probe index), so probe k is the same whatever N is.
 Output: probes.parquet with probe_index, seed_token_ids, token_ids, text, rng_seed.
 

@@ -5,7 +5,7 @@
 metrics.parquet (long): eval, run, method, task, L, rho, seed, lr, epochs, benchmark, role,
 metric, value. summary.parquet: one row per run (the base model gets one "zero-shot" row per
 downstream task), with method, task, L, rho, seed (Random: mask seed; Dowser: probe seed),
-lr, epochs, A_up (mean upstream accuracy), A_down (the run's own task), Avg, H (METHOD.md §4),
+lr, epochs, A_up (mean upstream accuracy), A_down (the run's own task), Avg, H (docs/method.md §4),
 A_down_rel and H_rel (A_down rescaled to 0-100 by Full-FT's A_down at the same task, L, lr
 and epochs, so a caption metric on another scale, e.g. the world's CIDEr up to ~285, does not
 decide H alone) and update_norm_ratio (||ΔW|| / ||W|| over the trainable modules).
@@ -314,7 +314,7 @@ def _html(summary, paired, layout, plots) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table.t{border-collapse:collapse}"
         ".t td,.t th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}</style>"
         "<h1>Dowser report</h1><p>A_up: mean upstream accuracy (%); A_down: the run's own task "
-        "(accuracy % or CIDEr ×100); Avg and H-score as in the paper (METHOD.md §4); H_rel: H with "
+        "(accuracy % or CIDEr ×100); Avg and H-score as in the paper (docs/method.md §4); H_rel: H with "
         "A_down relative to Full-FT's (0-100).</p>"
         f"<h2>Summary</h2>{table(shown(summary))}"
         f"<h2>Dowser vs Random (H, paper Table 4 layout)</h2>{table(layout)}"

@@ -6,7 +6,7 @@
 One forward pass per probe batch; R Rademacher draws xi share it (the graph is retained
 and R scalar VJPs (xi*f).sum() are backpropagated). The gradient reaching each scored
 linear's output is g_r = xi_r^T J (captured by a tensor hook; parameters need no grad),
-so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (METHOD.md §1):
+so E[g^2] = ||J||^2 per token and output unit (Eq. 4). Estimators (docs/method.md §1):
 `l1` s = mean_r |g_r| (Appendix D), `l2` s = sqrt(mean_r g_r^2). Aggregates:
 `outer` accumulates sum_n s_n^T |H_n| (exact Corollary 3.2 sum over tokens) in fp32;
 `factored` keeps a_n = sum_t s_t and b_n = mean_t |h_t| per probe and rebuilds
@@ -196,7 +196,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
         raise ValueError("the probe set is empty: nothing to score")
     param = next(model.parameters())
     device = param.device
-    # fp32 accumulators for fp32/bf16/fp16 models (METHOD.md §1); fp64 models (exactness tests) keep fp64.
+    # fp32 accumulators for fp32/bf16/fp16 models (docs/method.md §1); fp64 models (exactness tests) keep fp64.
     acc_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     outer, a_list, b_list = {}, {}, {}
     l1 = cfg.estimator == "l1"

@@ -9,7 +9,7 @@ in (and numbers normalised) before hashing, so writing a default out changes no 
 settings that cannot change an artifact's bytes (the checkpoint interval, progress bars,
 log level) are not in any spec: they reach the CLI as runtime flags. Snakemake imports
 this module at parse time on every call, so it imports the standard library only
-(ARCHITECTURE.md: no torch, no numpy here). Reading and validating config files, and the
+(docs/architecture.md §3: no torch, no numpy here). Reading and validating config files, and the
 model's size for job sizing, live in `dowser.config`.
 """
 
@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # autocast of an fp32 model: no | bf16 | fp16 (a bf16 model always autocasts bf16)
     train_norms: bool = False  # the authors' train_dowser.py trains the last L blocks' 1-D params fully
-    # METHOD.md §3: only the scored linears of the last L blocks train; the authors' LLaVA
+    # docs/method.md §3: only the scored linears of the last L blocks train; the authors' LLaVA
     # train_dowser.py also trains lm_head fully (--freeze_backbone freezes model.model only)
     train_lm_head: bool = False
     # Runtime only (RUNTIME_KEYS): how often a resumable checkpoint is written. A resumed run
@@ -138,7 +138,7 @@ class ProbeSpec(Spec):
     temperature: float
     image: str
     seed: int
-    preset: str = "default"  # dowser.presets: default (METHOD.md §2) | official (the authors' script)
+    preset: str = "default"  # dowser.presets: default (docs/method.md §2) | official (the authors' script)
     params: dict | None = None  # official: every generation setting of the preset (dowser.presets)
 
 
@@ -163,7 +163,7 @@ class ScoreSpec(Spec):
     source: str = "probes"
     task: str | None = None
     samples: int | None = None
-    preset: str = "default"  # dowser.presets: default (METHOD.md §1) | official (the authors' script)
+    preset: str = "default"  # dowser.presets: default (docs/method.md §1) | official (the authors' script)
     params: dict | None = None  # official: the preset's scoring settings (dowser.presets)
 
 

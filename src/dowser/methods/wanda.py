@@ -3,7 +3,7 @@
 Source: locuslab/wanda `lib/prune.py` (`prune_wanda`: W_metric = |W| * sqrt(scaler_row),
 sorted per output row, `lib/layerwrapper.py`: scaler_row = running mean of ||X_j||^2 over
 the calibration tokens; 128 calibration samples there). The calibration inputs here are the
-same data-free probes Dowser scores with (BASELINES.md notes), so only the criterion
+same data-free probes Dowser scores with (docs/methods.md), so only the criterion
 differs. ||X_j|| is the 2-norm of input feature j of each scored linear over every
 non-padding probe token of the *pretrained* model (a constant factor, such as Wanda's
 1/nsamples, does not change a ranking).

@@ -60,7 +60,7 @@ def _world(name, role, metric, analogue, **kw) -> TaskInfo:
 
 
 _TASKS = [
-    # The miniature world (WORLD.md): data at <data_root>/<name>/{train,validation,test}.parquet.
+    # The miniature world (docs/world.md): data at <data_root>/<name>/{train,validation,test}.parquet.
     _world("world-textvqa", "upstream", "exact_match", "textvqa"),
     _world("world-okvqa", "upstream", "exact_match", "okvqa"),
     _world("world-gqa", "upstream", "exact_match", "gqa"),

@@ -5,7 +5,7 @@ Standard library only: `dowser.spec` and Snakemake import this at parse time.
     from dowser.world.config import WorldConfig
     cfg = WorldConfig.from_dict({"seed": 1, "pretrain_steps": 50})
 
-Defaults follow the prototypes measured in docs/design/WORLD.md (2 cores, 2026-11).
+Defaults follow the prototypes measured in docs/world.md §6 (2 cores, 2026-11).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ class WorldConfig:
     test_size: int = 200
 
     # --- vision tower (CLIP) ----------------------------------------------------------
-    # Hidden 64 x 2 layers: WORLD.md's size; enough for colour, shape, digit, position.
+    # Hidden 64 x 2 layers: docs/world.md §3's size; enough for colour, shape, digit, position.
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
     vision_ffn: int = 128
-    # Embedding-scale fix (WORLD.md prototype 2): CLIP's default init leaves patch
+    # Embedding-scale fix (docs/world.md §6, prototype 2): CLIP's default init leaves patch
     # embeddings (out std ~0.1) drowned by positions after the layer norm; re-init both to a
     # similar scale raised the 5-minute mean accuracy from 0.41 to 0.59.
     patch_init_std: float = 0.2
@@ -78,7 +78,7 @@ class WorldConfig:
     pretrain_weight_decay: float = 0.01
     pretrain_grad_clip: float = 1.0
     # Mixed-task pretraining from scratch sat at chance for 1500-3000 steps; a short
-    # phase on the easier skills first broke the plateau (WORLD.md prototype 1).
+    # phase on the easier skills first broke the plateau (docs/world.md §6, prototype 1).
     curriculum_steps: int = 300
     curriculum_tasks: tuple = ("world-okvqa", "world-gqa", "world-count")
     # Language-modelling loss beside the answers (question words of 2 items per task +

@@ -62,7 +62,7 @@ def build_model(cfg: WorldConfig, processor):
 
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(build_llava_config(cfg, processor))
-    # Embedding-scale fix (WORLD.md, prototype 2): CLIP's default init gives patch features
+    # Embedding-scale fix (docs/world.md §6, prototype 2): CLIP's default init gives patch features
     # of std ~0.1 that the position embedding drowns after the pre-layer-norm.
     tower = model.model.vision_tower
     emb = getattr(tower, "vision_model", tower).embeddings  # transformers 4.x nests it

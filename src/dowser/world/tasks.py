@@ -23,7 +23,7 @@ Downstream tasks (never seen in pretraining; each changes output style or images
   world-iconqa      which icon appears most in a 3x3 icon grid (each icon in its own
                     colour, the most frequent ahead by two) -> icon word
 
-Simplifications (WORLD.md: simplify rather than leave a task at chance):
+Simplifications (docs/world.md §5: simplify rather than leave a task at chance):
   - textvqa reads single digits (10-way) in a 3x5 font at scale 4, one font pixel per 4 px
     patch, near the image centre (4 positions); the prototype's 0-99 reading stayed at
     0.02, and a scale-3 font at free positions stayed at chance after 1500 steps; with all
