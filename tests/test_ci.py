@@ -45,3 +45,27 @@ def test_slurm_report_check(tmp_path, suite, ok):
     assert (out.returncode == 0) == ok, out.stderr
     if not ok:
         assert "all must run" in out.stderr
+
+
+def chromium_step() -> str:
+    """.ci/run's chromium install, from its `if` to its `fi`."""
+    return re.search(r"^if ! command -v chromium .*?^fi$", RUN, re.S | re.M).group(0)
+
+
+@pytest.mark.parametrize("present", [False, True])
+def test_chromium_installed_only_when_missing(tmp_path, present):
+    """The step run by bash with a fake apt-get (and chromium, or none) on PATH."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name in ["apt-get", "id"] + (["chromium"] if present else []):
+        body = {"apt-get": f'echo "$@" >> {tmp_path}/apt.log', "id": "echo 0", "chromium": "true"}[name]
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    subprocess.run(["/bin/bash", "-c", chromium_step()], env={"PATH": str(bin_)}, check=True, timeout=60)
+    calls = (tmp_path / "apt.log").read_text().splitlines() if (tmp_path / "apt.log").exists() else []
+    assert calls == ([] if present else ["update -qq", "install -y -qq chromium"])
+
+
+def test_browser_test_must_run_in_ci():
+    # set before the README's test command, so tests/test_report.py fails rather than skips without chromium
+    assert RUN.index("export DOWSER_BROWSER_TESTS=1") < RUN.index("\npython -m pytest\n")

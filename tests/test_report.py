@@ -2,6 +2,11 @@
 plots only where there is a line to draw, update norm ratio against a brute-force sum."""
 
 import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,8 +14,8 @@ import pytest
 from scipy import stats as sp
 
 from dowser.metrics import h_score
-from dowser.report import (add_relative, choose_recipe, layout_table, matched_table, paired_table, _plots,
-                           update_norm_ratio)
+from dowser.report import (_display, _plots, add_relative, choose_recipe, layout_table, matched_table, paired_table,
+                           update_norm_ratio, write_report)
 
 
 def row(method, A_up, A_down, rho=None, seed=None, L=2, lr=0.01, epochs=3, task="world-coco"):
@@ -124,3 +129,109 @@ def test_update_norm_ratio_brute_force(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"update_norm_ratio": 0.25}))
     assert update_norm_ratio(tmp_path, SHIPPED_DIR) == 0.25  # the fine-tune's own number wins
     assert np.isnan(update_norm_ratio(tmp_path / "missing", SHIPPED_DIR))
+
+
+# --- the HTML page -------------------------------------------------------------------------------
+
+UP, DOWN = ("world-textvqa", "world-okvqa"), "world-coco"
+
+
+def write_evals(root: Path, commit: str | None) -> list[Path]:
+    """eval.json + provenance.json of a base model, one Full-FT run and Dowser / Random at two rhos with
+    3 seeds each (Dowser's seeds absent: the seed column has missing values, as on a real grid)."""
+    runs = [("full", None, None)] + [(m, rho, s) for m in ("dowser", "random") for rho in (0.1, 0.5)
+                                     for s in (0, 1, 2)]
+    files = []
+    for i, (method, rho, seed) in enumerate([(None, None, None)] + runs):
+        run = None if method is None else {"method": method, "task": DOWN, "depth": 2, "rho": rho, "mask": None,
+                                           "seed": seed if method == "random" else None,
+                                           "train": {"lr": 0.01, "epochs": 6}}
+        values = {b: 80.0 - 7 * i % 23 for b in UP} | {DOWN: 100.0 + 11 * i % 37}
+        doc = {"eval": {"run": None if run is None else f"run{i:09d}", "model": "m" * 12}, "run": run,
+               "results": {b: {"metric": "cider" if b == DOWN else "exact_match", "value": v}
+                           for b, v in values.items()}}
+        folder = root / "results" / "evals" / f"{i:012d}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps(doc))
+        (folder / "provenance.json").write_text(json.dumps({"git_commit": commit}))
+        files.append(folder / "eval.json")
+    return files
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    configfile = root / "exp.yaml"
+    configfile.write_text("mask: {rho: [0.1, 0.5]}\n")
+    config = {"mask": {"rho": [0.1, 0.5], "scope": "module"}, "model": {"source": "world"}}
+    evals = write_evals(root, "c0ffee" * 6 + "abcd")
+    write_report(evals, root / "tables", root / "report", config, [str(configfile)])
+    return root, config, configfile
+
+
+def test_page_cells_missing_values_are_dashes(page):
+    root, _, _ = page
+    frame = pd.DataFrame({"seed": pd.array([1, None], dtype="Int64"), "p": [np.nan, 0.12345], "s": [None, "x"]})
+    assert _display(frame).to_numpy().tolist() == [[1, "\u2013", "\u2013"], ["\u2013", 0.123, "x"]]
+    index = (root / "report" / "index.html").read_text()
+    assert "NA&gt;" not in index and "NaN" not in index and "<td>\u2013</td>" in index
+    summary = pd.read_parquet(root / "tables" / "summary.parquet")
+    assert summary.seed.isna().sum() == 1 + 1 + 6  # zero-shot, Full-FT, Dowser: the page's dashes
+
+
+def test_page_names_config_and_commit(page):
+    import hashlib
+
+    from dowser.spec import content_id
+
+    root, config, configfile = page
+    index = (root / "report" / "index.html").read_text()
+    assert f"merged config id <code>{content_id(config)}</code>" in index
+    assert f"<code>{configfile}</code> (sha256 {hashlib.sha256(configfile.read_bytes()).hexdigest()[:12]})" in index
+    assert f"evaluations: {'c0ffee' * 6 + 'abcd'} (14)" in index  # the evals' commit, not this checkout's
+    assert json.loads((root / "report" / "config.json").read_text()) == config
+    prov = json.loads((root / "report" / "provenance.json").read_text())
+    assert prov["eval_commits"] == {"c0ffee" * 6 + "abcd": 14} and prov["config_id"] == content_id(config)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MEASURE = ("<script>addEventListener('load', () => { const d = document.documentElement; document.title = "
+           "JSON.stringify([d.scrollWidth, d.clientWidth, document.body.innerText]); });</script>")
+
+
+def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
+           "--window-size=1280,900", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("DOWSER_BROWSER_TESTS"),
+                    reason="no chromium (apt-get install chromium; .ci/run installs it, DOWSER_BROWSER_TESTS=1)")
+def test_page_in_a_browser_fits_the_window(page, tmp_path):
+    """The page as chromium renders it at 1280x900: no sideways scrolling, no <NA> in its text."""
+    import html as htmllib
+
+    from PIL import Image
+
+    assert CHROMIUM, "DOWSER_BROWSER_TESTS is set but chromium is not installed"
+    report = page[0] / "report"
+    measured = report / "measure.html"  # beside index.html, so its plots load as they do for a user
+    measured.write_text((report / "index.html").read_text() + MEASURE)
+    try:
+        dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", measured.as_uri())
+    finally:
+        measured.unlink()
+    title = re.search(r"<title>(.*?)</title>", dom.stdout, re.S)
+    assert title, dom.stderr[-2000:]
+    scroll, client, text = json.loads(htmllib.unescape(title.group(1)))
+    assert client > 1000 and scroll <= client, (scroll, client)
+    assert "Dowser vs Random (tests)" in text and "p_one_sided_text" in text and "<NA>" not in text
+    assert "merged config id" in text
+    shot = tmp_path / "page.png"
+    proc = chromium(tmp_path, f"--screenshot={shot}", (report / "index.html").as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (900, 1280)
+    assert (pixels[:120, :400] < 100).mean() > 0.005  # the heading and provenance table are drawn

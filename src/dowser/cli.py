@@ -234,7 +234,12 @@ def cmd_continual(args):
 def cmd_report(args):
     from dowser.report import write_report
 
-    summary = write_report([Path(p) for p in args.evals], Path(args.out), Path(args.html) if args.html else None)
+    try:
+        config = json.loads(args.config_json) if args.config_json else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config-json: not JSON ({e})") from None
+    summary = write_report([Path(p) for p in args.evals], Path(args.out), Path(args.html) if args.html else None,
+                           config, args.configfile)
     print(summary)
 
 
@@ -333,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "tables (parquet) and the HTML report from the evaluations", "out")
     p.add_argument("--evals", nargs="+", required=True, help="every results/evals/<id>/eval.json to tabulate")
     p.add_argument("--html", help="folder for index.html and the plots")
+    p.add_argument("--config-json", help="the workflow's merged config (named on the page, saved as config.json)")
+    p.add_argument("--configfile", nargs="*", default=[], help="the config files it was read from (named on the page)")
     p = add("prepare-data", cmd_prepare_data, "convert real benchmarks (hub or local files) to "
             "<benchmark>/<split>.parquet", "out")
     p.add_argument("--benchmarks", nargs="+", required=True, help="benchmark names (dowser.tasks)")

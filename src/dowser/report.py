@@ -11,7 +11,9 @@ and epochs, so a caption metric on another scale, e.g. the world's CIDEr up to ~
 decide H alone) and update_norm_ratio (||ΔW|| / ||W|| over the trainable modules).
 paired.parquet: Dowser vs Random per (task, L, rho, lr, epochs), Welch and one-sample tests
 (`dowser.stats`). matched.parquet: A_up and H of every method at a common A_down, interpolated
-along its lr/epochs sweep (only when the grid has several recipes).
+along its lr/epochs sweep (only when the grid has several recipes). The HTML page names what made
+it (`page_provenance`: config files, merged config id, git commits; config.json and provenance.json
+beside it) and shows a missing value as an en dash.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dowser.artifacts import atomic_path
+from dowser.artifacts import atomic_path, write_json
 from dowser.metrics import a_up, avg, h_score
 from dowser.stats import interp_up, mean_sd, one_sample_less, p_text, welch_greater
 
@@ -304,25 +307,80 @@ def shown(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[[c for c in cols if c in summary]].round(3)
 
 
-def _html(summary, paired, layout, plots) -> str:
-    def table(df):
-        return df.round(3).to_html(index=False, na_rep="", border=0, classes="t")
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """Rounded values as the page shows them; a missing one (NaN, None, pandas' <NA>) is an en dash."""
+    return df.round(3).astype(object).where(df.notna(), "\u2013")
+
+
+def page_provenance(eval_files: list[Path], config: dict | None, configfiles: list[str], started: float) -> dict:
+    """What produced the page: the config (its files with their sha256, the merged config's id) and
+    the git commits that provenance.json records for the evaluations, beside the report's own."""
+    import hashlib
+    from collections import Counter
+
+    from dowser.artifacts import provenance
+    from dowser.spec import content_id
+
+    commits, models = Counter(), set()
+    for path in eval_files:
+        prov, doc = Path(path).parent / "provenance.json", json.loads(Path(path).read_text())
+        commits[json.loads(prov.read_text()).get("git_commit") if prov.is_file() else None] += 1
+        models.add(doc["eval"].get("model"))
+    files = [{"path": f, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None}
+             for f in configfiles]
+    return {"report": provenance(started), "eval_commits": dict(commits),
+            "config_id": content_id(config) if config is not None else None, "configfiles": files,
+            "models": sorted(m for m in models if m)}
+
+
+def _provenance_html(prov: dict) -> str:
+    esc = html.escape
+    own = prov["report"]["git_commit"]
+    commit = esc(own) if own else "unknown (not run from a git checkout)"
+    evals = prov["eval_commits"]
+    if list(evals) != [own]:
+        commit += "; evaluations: " + ", ".join(f"{esc(c) if c else 'unknown'} ({n})" for c, n in evals.items())
+    else:
+        commit += f" (the report and all {evals[own]} evaluations)"
+    if prov["config_id"]:
+        files = ", ".join(f"<code>{esc(f['path'])}</code>" + (f" (sha256 {f['sha256'][:12]})" if f["sha256"]
+                                                               else " (not found)") for f in prov["configfiles"])
+        config = (f"{files or 'none'}; merged config id <code>{prov['config_id']}</code> "
+                  "(<a href='config.json'>config.json</a>)")
+    else:
+        config = "not recorded (the workflow's report rule passes it: dowser report --config-json)"
+    models = ", ".join(f"<code>results/models/{esc(m)}</code>" for m in prov["models"])
+    made = f"{esc(prov['report']['finished'])} on {esc(prov['report']['host'])}"
+    rows = (("config", config), ("git commit", commit), ("base model", models), ("made", made))
+    return "<table class='p'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _html(summary, paired, layout, plots, prov) -> str:
+    def table(df):  # a wide table scrolls inside its box, the page never sideways
+        return f"<div class='w'>{_display(df).to_html(index=False, border=0, classes='t')}</div>"
 
     imgs = "".join(f'<h3>{html.escape(p[:-4])}</h3><img src="{p}">' for p in plots)
     return (
-        "<!doctype html><meta charset='utf-8'><title>Dowser report</title>"
+        "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        "<title>Dowser report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table.t{border-collapse:collapse}"
-        ".t td,.t th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}</style>"
-        "<h1>Dowser report</h1><p>A_up: mean upstream accuracy (%); A_down: the run's own task "
-        "(accuracy % or CIDEr ×100); Avg and H-score as in the paper (docs/method.md §4); H_rel: H with "
-        "A_down relative to Full-FT's (0-100).</p>"
+        ".t td,.t th{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+        ".w{max-width:100%;overflow-x:auto}.p th{text-align:left;padding-right:1em;vertical-align:top}"
+        ".p td{overflow-wrap:anywhere}</style>"
+        f"<h1>Dowser report</h1>{_provenance_html(prov)}<p>A_up: mean upstream accuracy (%); A_down: the run's own "
+        "task (accuracy % or CIDEr ×100); Avg and H-score as in the paper (docs/method.md §4); H_rel: H with "
+        "A_down relative to Full-FT's (0-100); \u2013: no value.</p>"
         f"<h2>Summary</h2>{table(shown(summary))}"
         f"<h2>Dowser vs Random (H, paper Table 4 layout)</h2>{table(layout)}"
         f"<h2>Dowser vs Random (tests)</h2>{table(paired)}<h2>Plots</h2>{imgs}"
     )
 
 
-def write_report(eval_files: list[Path], out_dir: Path, html_dir: Path | None = None) -> str:
+def write_report(eval_files: list[Path], out_dir: Path, html_dir: Path | None = None, config: dict | None = None,
+                 configfiles: list[str] = ()) -> str:
+    """Tables in `out_dir`; with `html_dir`, index.html, plots, and config.json (the merged `config`)
+    and provenance.json (`page_provenance`) beside them."""
+    started = time.time()
     metrics = metrics_table(eval_files)
     summary = summary_table(metrics)
     paired = paired_table(summary)
@@ -337,7 +395,11 @@ def write_report(eval_files: list[Path], out_dir: Path, html_dir: Path | None = 
         with atomic_path(html_dir) as tmp:
             tmp.mkdir()
             plots = _plots(summary, tmp)
-            (tmp / "index.html").write_text(_html(summary, paired, layout, plots))
+            prov = page_provenance(eval_files, config, list(configfiles), started)
+            if config is not None:
+                write_json(tmp / "config.json", config)
+            write_json(tmp / "provenance.json", prov)
+            (tmp / "index.html").write_text(_html(summary, paired, layout, plots, prov))
     text = shown(summary).to_string(index=False)
     if not layout.empty:
         text += "\n\nDowser vs Random (H; one-sided p, Welch and one-sample):\n" + layout.to_string(index=False)

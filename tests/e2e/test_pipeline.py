@@ -1,5 +1,6 @@
 """The whole Snakemake pipeline on a reduced world: outputs, no-op rerun, cache boundaries."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def test_wrong_config_value_is_one_line(workflow):
 def test_html_report_and_snakemake_report(workflow):
     index = (workflow / "results/report/index.html").read_text()
     assert "Dowser vs Random" in index and "up_vs_down.png" in index  # one depth: no H-vs-L plot
+    # the page names the config it was made from: its files, defaults first, and the merged config
+    assert "<code>config.yaml</code> (sha256 " in index and f"<code>{REDUCED}</code> (sha256 " in index
+    config = json.loads((workflow / "results/report/config.json").read_text())
+    assert config["probe"]["n"] == 8 and config["mask"]["scope"] == "module"  # reduced.yaml over config.yaml
     paired = pd.read_parquet(workflow / "results/tables/paired.parquet")
     assert set(paired.metric) == {"Avg", "H"}
     snakemake(workflow, "--report", "report.zip")

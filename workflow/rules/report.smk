@@ -1,3 +1,18 @@
+import json
+import os
+import shlex
+
+# What produced the page, named on it: the merged config (saved as config.json) and the files it
+# was read from, defaults first. Not params (params are rerun triggers, and a default spelled out
+# in an extra config file must rerun nothing); the rule's code trigger sees only the template.
+_CLI_CONFIGFILES = [str(f) for f in workflow.overwrite_configfiles or []]
+_CONFIGFILES = [str(f) for f in workflow.configfiles if str(f) not in _CLI_CONFIGFILES] + _CLI_CONFIGFILES
+REPORT_CONFIG = " ".join(
+    ["--config-json", shlex.quote(json.dumps(config, sort_keys=True, default=str)), "--configfile"]
+    + [shlex.quote(f if os.path.relpath(f).startswith("..") else os.path.relpath(f)) for f in _CONFIGFILES]
+)
+
+
 rule report:
     input:
         get_eval_files(),
@@ -19,7 +34,8 @@ rule report:
     conda:
         "../../envs/dowser.yaml"
     shell:
-        "dowser report --evals {input} --out results/tables --html results/report > {log} 2>&1 && cat {log}"
+        "dowser report --evals {input} --out results/tables --html results/report {REPORT_CONFIG}"
+        " > {log} 2>&1 && cat {log}"
 
 
 # docs/results.md from the committed tables in docs/results/ (the protocol's runs, copied there
