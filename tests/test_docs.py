@@ -105,3 +105,22 @@ def test_missing_page_and_section_are_reported(tmp_path):
         f"docs/b{md}:1: page{md} has no section 3 (a heading '3.')",
         f"docs/b{md}:1: design/GONE{md} is not in the repository",
     ]
+
+
+def test_method_page_keys_and_values_are_the_schema_s():
+    """docs/method.md §5: every key is a config key, and an enumerated key lists exactly the schema's values."""
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    page = (ROOT / "docs" / "method.md").read_text()
+    table = page[page.index("## 5."):]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["choice", "key", "default", "values"] and len(rows) > 10
+    for choice, key, default, values in rows[1:]:
+        node = schema
+        for part in key.strip("`").split("."):
+            assert part in node.get("properties", {}), f"docs/method.md §5: {key} is not a config key"
+            node = node["properties"][part]
+        if "enum" in node:
+            assert re.findall(r"`([^`]+)`", values) == node["enum"], key
+            assert re.findall(r"`([^`]+)`", default)[0] in node["enum"], key
