@@ -66,7 +66,7 @@ def umask() -> int:
     return mask
 
 
-def _honour_umask(path: Path) -> None:
+def honour_umask(path: Path) -> None:
     """Give `path` (and, for a folder, all it holds) the modes a plain open()/mkdir() would:
     temp files (mkstemp) are 0600, so a shared cache or group project could not read them."""
     mask = umask()
@@ -88,7 +88,7 @@ def write_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-    _honour_umask(Path(tmp))
+    honour_umask(Path(tmp))
     os.replace(tmp, path)
 
 
@@ -107,7 +107,7 @@ def atomic_path(path: Path):
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         raise
     if tmp.exists():
-        _honour_umask(tmp)
+        honour_umask(tmp)
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
