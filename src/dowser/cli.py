@@ -367,9 +367,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        # What the package raises on purpose for bad input (a wrong file, shape, key or value):
-        # one line. Anything else (KeyError, TypeError, ...) is a bug and keeps its traceback.
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        # What the package raises on purpose for bad input (a wrong file, shape, key or value, a
+        # read-only folder): one line. Anything else (KeyError, TypeError, ...) is a bug and keeps
+        # its traceback.
         print(f"dowser: error: {e}", file=sys.stderr)
         return 2
     return 0
