@@ -130,7 +130,7 @@ def cmd_merge(args):
     _spec(args, "score")  # names a wrong key before the shards' spec ids are compared
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        merge_shards([Path(p) for p in args.shards], tmp, spec_json=args.spec)
+        merge_shards([Path(p) for p in args.shards], tmp, spec_json=args.spec, target=out)
     write_spec(out.parent, args.spec, started)
 
 
