@@ -146,6 +146,10 @@ def test_spec_types_and_kind_are_checked(capsys):
     assert capsys.readouterr().err == "dowser: error: --spec: mask.rho: '0.2' is not a number\n"
     assert cli.main(["probe", "--spec", json.dumps(mask), "--model", "m", "--out", "x"]) == 2
     assert capsys.readouterr().err == "dowser: error: --spec: a 'mask' spec; this stage takes 'probe'\n"
+    _, ev = stage_specs()["evaluate"]
+    del ev["params"]["limit"]
+    assert cli.main(["evaluate", "--spec", json.dumps(ev), "--model", "m", "--data", "d", "--out", "x"]) == 2
+    assert capsys.readouterr().err == "dowser: error: --spec: eval.params.limit: required\n"
 
 
 def test_spec_defaults_are_filled_and_ints_normalised():
@@ -155,3 +159,22 @@ def test_spec_defaults_are_filled_and_ints_normalised():
     full = MaskSpec(model="m" * 12, method="random", rho=1.0, scope="module", seed=0)
     short = '{"kind": "mask", "model": "%s", "method": "random", "rho": 1, "scope": "module", "seed": 0}' % ("m" * 12)
     assert parse_spec(short, MaskSpec) == full and parse_spec(short, MaskSpec).id == full.id
+
+
+def test_check_config_warns_about_repeated_entries(tmp_path, capsys):
+    """A task listed twice is one set of runs (same ids): accepted, and check-config says so."""
+    import yaml
+
+    tasks = yaml.safe_load(open("config.yaml"))["finetune"]["tasks"]
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(yaml.safe_dump({"finetune": {"tasks": tasks + [tasks[0]]}, "mask": {"rho": [0.1, 0.10, 0.5]}}))
+    once = tmp_path / "once.yaml"
+    once.write_text(yaml.safe_dump({"mask": {"rho": [0.1, 0.5]}}))
+    assert cli.main(["check-config", "--configfile", str(once)]) == 0
+    expected = capsys.readouterr()
+    assert expected.err == ""
+    assert cli.main(["check-config", "--configfile", str(twice)]) == 0
+    got = capsys.readouterr()
+    assert got.out == expected.out  # the same grid
+    assert got.err == (f"dowser: warning: finetune.tasks: {tasks[0]!r} listed more than once (the grid has it once)\n"
+                       "dowser: warning: mask.rho: 0.1 listed more than once (the grid has it once)\n")

@@ -195,6 +195,9 @@ def cmd_evaluate(args):
     from dowser.finetune import load_finetuned
 
     spec, started = _spec(args, "eval"), time.time()
+    for key in ("limit", "max_new_tokens"):
+        if key not in spec["params"]:
+            raise ValueError(f"--spec: eval.params.{key}: required")
     if (spec["run"] is None) != (args.run is None):
         raise ValueError(f"--run: the spec evaluates run {spec['run']}, but no --run was given" if args.run is None
                          else f"--run {args.run}: the spec evaluates the base model (its run is null)")
@@ -253,7 +256,7 @@ def cmd_check_config(args):
     """What `snakemake` checks at parse time, without Snakemake: Snakemake reads --configfile
     files before the workflow runs and reports a YAML error without the file or line."""
     from dowser.config import model_params_b, read_config_file, validate_config
-    from dowser.spec import build_grid
+    from dowser.spec import build_grid, repeated_entries
 
     def merge(base: dict, new: dict) -> dict:  # Snakemake's update_config: nested mappings merge
         for key, value in new.items():
@@ -266,6 +269,8 @@ def cmd_check_config(args):
         config = merge(config, read_config_file(path))
     validate_config(config, args.schema)
     grid = build_grid(config)
+    for warning in repeated_entries(config):
+        print(f"dowser: warning: {warning}", file=sys.stderr)
     print(f"ok: {len(grid.runs)} runs, {len(grid.masks)} masks, {len(grid.evals)} evaluations; "
           f"model {model_params_b(config):g}B parameters for job sizing")
 

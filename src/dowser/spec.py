@@ -400,6 +400,27 @@ def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
                 )
 
 
+# Lists whose repeated entries the grid keeps once (one spec, one id): `check-config` warns.
+SET_LISTS = (("finetune", "tasks"), ("finetune", "methods"), ("finetune", "depths"), ("finetune", "random_seeds"),
+             ("mask", "rho"), ("evaluate", "upstream"), ("evaluate", "downstream"))
+
+
+def repeated_entries(config: dict) -> list[str]:
+    """One warning per list that names an entry twice (a task listed twice is one set of runs)."""
+    warnings = []
+    for section, key in SET_LISTS:
+        seen, twice = set(), []
+        for value in (config.get(section) or {}).get(key) or []:
+            norm = float(value) if key == "rho" else value  # 0.1 and 0.10 are one budget
+            if norm in seen and value not in twice:
+                twice.append(value)
+            seen.add(norm)
+        if twice:
+            warnings.append(f"{section}.{key}: {', '.join(repr(v) for v in twice)} listed more than once "
+                            "(the grid has it once)")
+    return warnings
+
+
 def build_grid(config: dict) -> Grid:
     """config (validated) -> every spec of the experiment grid."""
     model = model_spec(config)
