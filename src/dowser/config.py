@@ -138,7 +138,7 @@ def nested_config_hint(message: str, cli_config: dict | None) -> str:
     """What to add to a config error on a section that `--config key={...}` set: Snakemake reads
     a nested --config value with YAML's BaseLoader, so every number in it arrives as a string."""
     section = message.split(":", 1)[0].split(".", 1)[0]
-    if isinstance((cli_config or {}).get(section), (dict, list)):
+    if "is not of type" in message and isinstance((cli_config or {}).get(section), (dict, list)):
         return (f" (--config {section}=...: nested --config values arrive as strings; put them in a YAML file"
                 " and pass it with --configfile)")
     return ""

@@ -382,6 +382,8 @@ def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[
     try:  # read before anything is loaded: a bad file leaves the run as it started
         meta = json.loads((ckpt / "state.json").read_text())
         tensors = load_file(str(ckpt / "state.safetensors"))
+    except PermissionError:
+        raise
     except Exception as e:  # json and safetensors errors for truncated or garbled files
         raise UnreadableCheckpoint(f"{ckpt}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
     with torch.no_grad():
@@ -428,9 +430,10 @@ def load_finetuned(model_path: Path, run_dir: Path | None, expect_run: str | Non
 
 
 def read_delta(run_dir: Path, expect_run: str | None = None) -> dict:
-    """A run's delta.safetensors. A file safetensors cannot read is moved aside to
-    delta.safetensors.corrupt (so the workflow sees it missing and retrains the run, as a corrupt
-    score shard is rebuilt) and the one-line error says so and how to rebuild it."""
+    """A run's delta.safetensors, its stored spec checked against `expect_run` before the tensors
+    are read. A file safetensors cannot read is moved aside to delta.safetensors.corrupt (the
+    workflow then sees it missing and retrains the run, as a corrupt score shard is rebuilt) and
+    the one-line error says so and how to rebuild it."""
     from safetensors import safe_open
 
     from dowser.spec import stored_id
@@ -438,17 +441,24 @@ def read_delta(run_dir: Path, expect_run: str | None = None) -> dict:
     path = Path(run_dir) / "delta.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (the run's delta)")
-    try:
+
+    def read(fn):
+        try:
+            return fn()
+        except PermissionError as e:
+            raise ValueError(f"{path}: not readable ({e.strerror})") from None
+        except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            raise ValueError(f"{path}: corrupt or unreadable checkpoint ({str(e).splitlines()[0]}); moved aside to "
+                             f"{aside.name}; retrain it with `snakemake {path}` (with your --configfile/--profile)"
+                             ) from None
+
+    def metadata():
         with safe_open(str(path), "pt") as f:
-            stored = (f.metadata() or {}).get("spec")
-        state = load_file(str(path))
-    except PermissionError as e:
-        raise ValueError(f"{path}: not readable ({e.strerror})") from None
-    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        raise ValueError(f"{path}: corrupt or unreadable checkpoint ({str(e).splitlines()[0]}); moved aside to "
-                         f"{aside.name}; retrain it with `snakemake {path}` (with your --configfile/--profile)") from None
+            return f.metadata() or {}
+
+    stored = read(metadata).get("spec")
     if expect_run is not None:
         found = stored_id(stored) if stored else None
         if found != expect_run:
@@ -458,4 +468,4 @@ def read_delta(run_dir: Path, expect_run: str | None = None) -> dict:
         if folder.exists() and stored_id(folder.read_text()) != expect_run:
             raise ValueError(f"{folder}: run {stored_id(folder.read_text())}, not {expect_run} (the run this "
                              "stage's spec names)")
-    return state
+    return read(lambda: load_file(str(path)))
