@@ -204,16 +204,16 @@ def test_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(world, tmp_pa
 def test_corrupt_delta_is_moved_aside_with_the_fix(world, tmp_path):
     from dowser.finetune import read_delta
 
-    (tmp_path / "delta.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError) as e:
-        read_delta(tmp_path)
     path = tmp_path / "delta.safetensors"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError) as e:
+        read_delta(path)
     assert str(e.value).startswith(f"{path}: corrupt or unreadable checkpoint (")
     assert str(e.value).endswith(f"moved aside to delta.safetensors.corrupt; retrain it with `snakemake {path}` "
                                  "(with your --configfile/--profile)")
     assert not path.exists() and (tmp_path / "delta.safetensors.corrupt").read_bytes() == b"garbage"
     with pytest.raises(FileNotFoundError, match="delta.safetensors: no such file"):  # the rerun: not corrupt again
-        read_delta(tmp_path)
+        read_delta(path)
 
 
 def test_delta_of_another_run_is_refused(world, tmp_path):

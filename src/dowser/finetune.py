@@ -424,21 +424,21 @@ def load_finetuned(model_path: Path, run_dir: Path | None, expect_run: str | Non
     hold that run (the spec stored in its metadata, and the folder's spec.json if any)."""
     model, processor = load_artifact(model_path)
     if run_dir is not None:
-        load_delta_state(model, read_delta(Path(run_dir), expect_run))
+        load_delta_state(model, read_delta(Path(run_dir) / "delta.safetensors", expect_run))
     model.eval()
     return model, processor
 
 
-def read_delta(run_dir: Path, expect_run: str | None = None) -> dict:
-    """A run's delta.safetensors, its stored spec checked against `expect_run` before the tensors
-    are read. A file safetensors cannot read is moved aside to delta.safetensors.corrupt (the
-    workflow then sees it missing and retrains the run, as a corrupt score shard is rebuilt) and
-    the one-line error says so and how to rebuild it."""
+def read_delta(path: Path, expect_run: str | None = None) -> dict:
+    """A run's delta.safetensors, its stored spec checked against `expect_run` (and the folder's
+    spec.json, if any) before the tensors are read. A file safetensors cannot read is moved aside
+    to delta.safetensors.corrupt (the workflow then sees it missing and retrains the run, as a
+    corrupt score shard is rebuilt) and the one-line error says so and how to rebuild it."""
     from safetensors import safe_open
 
     from dowser.spec import stored_id
 
-    path = Path(run_dir) / "delta.safetensors"
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (the run's delta)")
 
@@ -464,7 +464,7 @@ def read_delta(run_dir: Path, expect_run: str | None = None) -> dict:
         if found != expect_run:
             raise ValueError(f"{path}: delta of run {found} (the spec in its metadata), not {expect_run} (the run "
                              "this stage's spec names)")
-        folder = Path(run_dir) / "spec.json"
+        folder = path.parent / "spec.json"
         if folder.exists() and stored_id(folder.read_text()) != expect_run:
             raise ValueError(f"{folder}: run {stored_id(folder.read_text())}, not {expect_run} (the run this "
                              "stage's spec names)")
