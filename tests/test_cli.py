@@ -127,14 +127,16 @@ def test_every_stage_checks_its_spec_keys(stage, tmp_path, capsys):
         return capsys.readouterr().err
 
     fields = ", ".join(k for k in spec if k != "kind")
-    assert run({**spec, "bogus": 1}) == f"dowser: error: --spec: {kind}.bogus: unknown key (a {kind} spec has {fields})\n"
+    unknown = run({**spec, "bogus": 1})
+    assert unknown == f"dowser: error: --spec: {kind}.bogus: unknown key (a {kind} spec has {fields})\n"
     import dataclasses
 
     from dowser.spec import spec_classes
 
     required = [f.name for f in dataclasses.fields(spec_classes()[kind]) if f.default is dataclasses.MISSING]
     required = "rho" if "rho" in required else required[0]  # the example where the spec has it
-    assert run({k: v for k, v in spec.items() if k != required}) == f"dowser: error: --spec: {kind}.{required}: required\n"
+    missing = run({k: v for k, v in spec.items() if k != required})
+    assert missing == f"dowser: error: --spec: {kind}.{required}: required\n"
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

@@ -147,6 +147,7 @@ def test_read_only_results_is_one_line_before_any_job(tmp_path):
         os.chmod(work / "results", 0o755)
         os.chmod(work / "results" / "data", 0o755)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert error_lines(proc.stderr)[-1] == "error: results: not writable (a read-only file system, or no write permission)"
+    assert error_lines(proc.stderr)[-1] == ("error: results: not writable (a read-only file system, or no write "
+                                            "permission)")
     assert not (work / "logs").exists()  # no job ran
     assert dry.returncode == 0

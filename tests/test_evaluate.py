@@ -251,5 +251,6 @@ def test_cli_refuses_a_run_other_than_the_spec_names(tmp_path, capsys):
         f"not {other.id} (the run this stage's spec names)\n")
     assert evaluate(None, tmp_path / "run") == (f"dowser: error: --run {tmp_path}/run: the spec evaluates the base "
                                                 "model (its run is null)\n")
-    assert evaluate(spec.id, None) == f"dowser: error: --run: the spec evaluates run {spec.id}, but no --run was given\n"
+    assert evaluate(spec.id, None) == (f"dowser: error: --run: the spec evaluates run {spec.id}, but no --run was "
+                                       "given\n")
     assert not out.exists()
