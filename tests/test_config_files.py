@@ -76,3 +76,15 @@ def test_validated_config_is_remembered(tmp_path):
         with pytest.raises(ValueError, match="^score.draws: 0 is less than the minimum of 1$"):
             validate_config(bad, schema, str(cache))
     assert len(list(cache.iterdir())) == 1
+
+
+def test_nested_config_hint_only_for_type_errors_of_nested_values():
+    from dowser.config import nested_config_hint
+
+    nested = {"mask": {"rho": ["0.2"]}, "finetune": {"tasks": ["world-gqa"]}, "probe": "x"}
+    assert nested_config_hint("mask.rho.0: '0.2' is not of type 'number'", nested) == (
+        " (--config mask=...: nested --config values arrive as strings; put them in a YAML file and pass it with"
+        " --configfile)")
+    assert nested_config_hint("finetune.tasks: benchmark 'world-gqa' has no training split", nested) == ""
+    assert nested_config_hint("probe: 'x' is not of type 'object'", nested) == ""  # a flat value: no hint
+    assert nested_config_hint("mask.rho.0: '0.2' is not of type 'number'", {}) == ""  # from a config file

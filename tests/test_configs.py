@@ -93,3 +93,61 @@ def test_broken_config_yaml_names_file_and_line(tmp_path, text, message):
     assert proc.returncode != 0
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+
+
+def test_nested_config_values_point_to_configfile(tmp_path):
+    """`--config 'mask={rho: [0.2]}'` reaches the workflow as strings (Snakemake's YAML BaseLoader)."""
+    import subprocess
+
+    work = workflow_copy(tmp_path)
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1", "--config", "mask={rho: [0.2]}"], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert error_lines(proc.stderr)[-1] == (
+        "config error: mask.rho.0: '0.2' is not of type 'number' (--config mask=...: nested --config values arrive "
+        "as strings; put them in a YAML file and pass it with --configfile)")
+
+
+def test_target_of_another_config_is_one_line(tmp_path):
+    """An id this config does not build (another --configfile's): one line, no InputFunctionException."""
+    import subprocess
+
+    work = workflow_copy(tmp_path)
+    for target in ("results/runs/000000000000/delta.safetensors", "results/evals/000000000000/eval.json",
+                   "results/scores/000000000000/shard-0-of-2.h5", "results/masks/000000000000/mask.h5",
+                   "results/continual/runs/000000000000/delta.safetensors"):
+        proc = subprocess.run(["snakemake", "-n", "--cores", "1", target], cwd=work, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode != 0, target
+        assert "Exception" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        no_section = "continual" in target
+        assert error_lines(proc.stderr)[-1] == (
+            "no continual artifact 000000000000: the config has no `continual` section; did you forget --configfile?"
+            if no_section else "no artifact 000000000000 in this config; did you forget --configfile?"), target
+
+
+def test_read_only_results_is_one_line_before_any_job(tmp_path):
+    """Snakemake names the folder before a job starts (it used to fail the first job and then
+    crash in its own cleanup with a traceback); a dry run still works."""
+    import os
+    import subprocess
+
+    from workflowlib import unprivileged
+
+    work = workflow_copy(tmp_path)
+    (work / "results" / "data").mkdir(parents=True)
+    for folder in (work / "results" / "data", work / "results"):
+        os.chmod(folder, 0o555)
+    try:
+        proc = subprocess.run(unprivileged(["snakemake", "--cores", "1"]), cwd=work, capture_output=True,
+                              text=True, timeout=300)
+        dry = subprocess.run(unprivileged(["snakemake", "-n", "--cores", "1"]), cwd=work, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        os.chmod(work / "results", 0o755)
+        os.chmod(work / "results" / "data", 0o755)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr)[-1] == ("error: results: not writable (a read-only file system, or no write "
+                                            "permission)")
+    assert not (work / "logs").exists()  # no job ran
+    assert dry.returncode == 0

@@ -224,3 +224,33 @@ def test_answer_nll_is_the_token_weighted_mean_of_each_example_loss(vlm, data_ro
     assert answer_nll(model, processor, "world-gqa", data_root, limit=3)[1] < tokens
     with pytest.raises(FileNotFoundError, match="world-gqa: data root .*nowhere does not exist"):
         answer_nll(model, processor, "world-gqa", data_root / "nowhere")
+
+
+def test_cli_refuses_a_run_other_than_the_spec_names(tmp_path, capsys):
+    """`dowser evaluate --run` must hold the run its spec names (the delta's stored spec), and --run
+    must be given exactly when the spec has a run: one line, no eval.json."""
+    from dowser import cli
+    from dowser.spec import EvalSpec, RunSpec
+    from worldrun import TASK, make_world, run_spec, train
+
+    world = make_world(tmp_path / "world")
+    spec = RunSpec.from_dict(run_spec("full"))
+    train(world, tmp_path / "run", spec=spec.to_dict())
+    other = RunSpec.from_dict({**spec.to_dict(), "depth": 1})
+    out = tmp_path / "eval"
+
+    def evaluate(run_id, run_dir) -> str:
+        ev = EvalSpec(model="m", benchmarks=(TASK,), params={"limit": 2, "max_new_tokens": 4}, run=run_id)
+        argv = ["evaluate", "--spec", ev.to_json(), "--model", str(world / "model"), "--data", str(world / "data"),
+                "--out", str(out)] + (["--run", str(run_dir)] if run_dir else [])
+        assert cli.main(argv) == 2
+        return capsys.readouterr().err.splitlines()[-1] + "\n"  # after the model loader's own warnings
+
+    assert evaluate(other.id, tmp_path / "run") == (
+        f"dowser: error: {tmp_path}/run/delta.safetensors: delta of run {spec.id} (the spec in its metadata), "
+        f"not {other.id} (the run this stage's spec names)\n")
+    assert evaluate(None, tmp_path / "run") == (f"dowser: error: --run {tmp_path}/run: the spec evaluates the base "
+                                                "model (its run is null)\n")
+    assert evaluate(spec.id, None) == (f"dowser: error: --run: the spec evaluates run {spec.id}, but no --run was "
+                                       "given\n")
+    assert not out.exists()

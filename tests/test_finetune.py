@@ -163,3 +163,76 @@ def test_cached_frozen_prefix_trains_what_the_whole_forward_trains(world, tmp_pa
     a, b = load_file(tmp_path / "cached/delta.safetensors"), load_file(tmp_path / "whole/delta.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=5e-5)  # steps move entries by ~1e-2
+
+
+def test_refused_run_leaves_no_files(world, tmp_path):
+    """The data check fails before anything is written: no trainable.json, no folder."""
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError):
+        finetune(run_spec("dowser"), world / "model", tmp_path / "no-data", out, world / "mask.h5", progress=False)
+    assert not out.exists()
+
+
+def test_checkpoint_files_honour_umask(world, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        train(world, tmp_path, "dowser", stop_after=2)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "checkpoint").iterdir()}
+    assert modes == {"rng.0.safetensors": 0o664, "state.json": 0o664, "state.safetensors": 0o664}  # not 0600
+    assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == 0o775
+
+
+def test_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(world, tmp_path, capsys):
+    train(world, tmp_path / "whole", "dowser")
+    train(world, tmp_path / "b", "dowser", stop_after=2)
+    ckpt = tmp_path / "b/checkpoint"
+    (ckpt / "state.safetensors").write_bytes((ckpt / "state.safetensors").read_bytes()[:100])  # cut short
+    capsys.readouterr()
+    train(world, tmp_path / "b", "dowser")  # no traceback: from step 0, the last good state
+    err = capsys.readouterr().err
+    assert f"dowser: warning: {ckpt}: unreadable checkpoint (" in err
+    assert f"moved aside to {ckpt}.corrupt; training from step 0" in err
+    assert (tmp_path / "b/checkpoint.corrupt/state.json").exists() and not ckpt.exists()
+    assert deltas_equal(tmp_path / "whole", tmp_path / "b")
+
+
+def test_corrupt_delta_is_moved_aside_with_the_fix(world, tmp_path):
+    from dowser.finetune import read_delta
+
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError) as e:
+        read_delta(path)
+    assert str(e.value).startswith(f"{path}: corrupt or unreadable checkpoint (")
+    assert str(e.value).endswith(f"moved aside to delta.safetensors.corrupt; retrain it with `snakemake {path}` "
+                                 "(with your --configfile/--profile)")
+    assert not path.exists() and (tmp_path / "delta.safetensors.corrupt").read_bytes() == b"garbage"
+    with pytest.raises(FileNotFoundError, match="delta.safetensors: no such file"):  # the rerun: not corrupt again
+        read_delta(path)
+
+
+def test_delta_of_another_run_is_refused(world, tmp_path):
+    """A delta copied by hand into another run's folder, or --run pointing at another run."""
+    import shutil
+
+    from dowser.spec import RunSpec
+
+    spec = RunSpec.from_dict(run_spec("dowser")).to_dict()
+    other = RunSpec.from_dict({**spec, "depth": 1}).to_dict()
+    train(world, tmp_path / "a", spec=spec)
+    load_finetuned(world / "model", tmp_path / "a", expect_run=RunSpec.from_dict(spec).id)  # its own run: fine
+    with pytest.raises(ValueError) as e:
+        load_finetuned(world / "model", tmp_path / "a", expect_run=RunSpec.from_dict(other).id)
+    assert str(e.value) == (f"{tmp_path}/a/delta.safetensors: delta of run {RunSpec.from_dict(spec).id} (the spec in "
+                            f"its metadata), not {RunSpec.from_dict(other).id} (the run this stage's spec names)")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/spec.json").write_text(json.dumps(other))
+    shutil.copy(tmp_path / "a/delta.safetensors", tmp_path / "b/delta.safetensors")  # hand-copied
+    with pytest.raises(ValueError, match=f"delta of run {RunSpec.from_dict(spec).id} .*, not "
+                                         f"{RunSpec.from_dict(other).id}"):
+        load_finetuned(world / "model", tmp_path / "b", expect_run=RunSpec.from_dict(other).id)

@@ -170,3 +170,30 @@ def test_save_masks_streams_a_mask_set_and_returns_the_summary(tmp_path):
 
     with h5py.File(tmp_path / "m.h5") as f:
         assert f.attrs["spec"] == '{"kind":"mask"}'
+
+
+def test_mask_stage_into_a_read_only_folder_is_one_line(tmp_path):
+    """`dowser mask` names the folder it cannot write (it used to end in an h5py traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    from dowser.spec import MaskSpec
+    from workflowlib import unprivileged
+    from worldrun import make_world
+
+    world = make_world(tmp_path / "world")
+    spec = MaskSpec(model="m" * 12, method="random", rho=0.1, scope="module", seed=0)
+    folder = tmp_path / "results" / "masks" / spec.id
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o555)
+    try:
+        proc = subprocess.run(unprivileged([sys.executable, "-m", "dowser.cli", "mask", "--spec", spec.to_json(),
+                                            "--model", str(world / "model"), "--out", str(folder / "mask.h5")]),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        os.chmod(folder, 0o755)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == (f"dowser: error: {folder}: not writable (a read-only file system, "
+                                            "or no write permission)")
+    assert "Traceback" not in proc.stderr and list(folder.iterdir()) == []

@@ -87,7 +87,8 @@ def test_corrupt_shard_is_named_moved_aside_and_costs_no_output(model, tmp_path,
     rc, err = merge_cli(spec, paths, out, capsys)
     assert rc == 2 and len(err.splitlines()) == 1
     assert f"{paths[2]}: corrupt score shard ({scored_modules(model)[1].name}/score_sum does not match" in err
-    assert f"rebuild it with `snakemake {paths[2]}`" in err
+    assert err.strip().endswith(f"; rebuild and merge with `snakemake {paths[2]} {out}` (add your "
+                                "--configfile/--profile)")
     assert out.read_bytes() == good  # the merged file in place was not touched
     assert not paths[2].exists() and paths[2].with_name(paths[2].name + ".corrupt").exists()
     # a truncated shard: named, moved aside too
@@ -158,8 +159,9 @@ rule score_shard:
 rule merge_scores:
     input: expand("s/shard-{k}-of-2.h5", k=range(2))
     output: update("s/scores.h5")  # as workflow/rules/score.smk
+    log: "logs/merge.log"
     params: spec=SPEC
-    shell: "dowser merge --spec {params.spec:q} --shards {input} --out {output}"
+    shell: "dowser merge --spec {params.spec:q} --shards {input} --out {output} > {log} 2>&1"
 '''
 
 MAKE_SHARD = '''
@@ -178,8 +180,11 @@ write_shard(out, model, stats, idx, 4, {spec!r}, abs_w=k == 0)
 @pytest.mark.slow  # four snakemake runs (about 30 s on a quiet machine)
 def test_snakemake_rebuilds_a_corrupt_shard_and_keeps_the_scores(tmp_path):
     """Through Snakemake: a corrupt shard fails the merge, the previous scores.h5 is restored
-    (update()) and kept, the shard is moved aside; when the scores are needed again the
-    shard is rebuilt and the merge gives the same scores."""
+    (update()) and kept, the shard is moved aside, and the one-line error reaches the user
+    (profiles/default: show-failed-logs) with the one command that rebuilds and merges; a plain
+    rerun plans nothing while scores.h5 exists."""
+    import shlex
+    import shutil
     import subprocess
     from pathlib import Path
 
@@ -188,9 +193,10 @@ def test_snakemake_rebuilds_a_corrupt_shard_and_keeps_the_scores(tmp_path):
     (tmp_path / "spec.json").write_text(spec.to_json())
     (tmp_path / "make_shard.py").write_text(MAKE_SHARD.format(tests=str(Path(__file__).parent), probes=PROBES,
                                                               spec=spec.to_json()))
+    shutil.copytree(Path(__file__).parents[1] / "profiles", tmp_path / "profiles")  # the workflow profile
 
-    def snakemake():
-        return subprocess.run(["snakemake", "--cores", "1", "--rerun-triggers", "mtime"], cwd=tmp_path,
+    def snakemake(*targets):
+        return subprocess.run(["snakemake", *targets, "--cores", "1", "--rerun-triggers", "mtime"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
 
     assert snakemake().returncode == 0
@@ -200,13 +206,17 @@ def test_snakemake_rebuilds_a_corrupt_shard_and_keeps_the_scores(tmp_path):
         f[next(iter(f.keys() - {"probe_indices"}))]["score_sum"][0, 0] += 1.0
     before = load_scores(scores)
     failed = snakemake()
-    assert failed.returncode != 0 and "s/shard-1-of-2.h5: corrupt score shard" in failed.stderr
+    assert failed.returncode != 0
+    line = next(x for x in failed.stderr.splitlines() if x.startswith("dowser: error: "))  # not only in the log
+    assert line.startswith("dowser: error: s/shard-1-of-2.h5: corrupt score shard (")
     assert scores.read_bytes() == good  # restored, not deleted
     assert not shard.exists() and shard.with_name(shard.name + ".corrupt").exists()
-    # The kept scores.h5 is newer than its inputs: nothing to do, nothing recomputed.
-    assert "Nothing to be done" in snakemake().stderr and scores.read_bytes() == good
-    scores.unlink()  # when the scores are needed again, the shard moved aside is rebuilt
-    again = snakemake()
-    assert again.returncode == 0 and "score_shard" in again.stderr and shard.exists()
+    # The kept scores.h5 is newer than its inputs: a plain rerun plans nothing, the shard stays missing.
+    assert "Nothing to be done" in snakemake().stderr and scores.read_bytes() == good and not shard.exists()
+    command = shlex.split(line.split("`")[1])  # the command the message gives
+    assert command == ["snakemake", "s/shard-1-of-2.h5", "s/scores.h5"]
+    again = snakemake(*command[1:])
+    assert again.returncode == 0 and "score_shard" in again.stderr and "merge_scores" in again.stderr
+    assert shard.exists()
     after = load_scores(scores)
     assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -44,3 +44,18 @@ def job_counts(output: str) -> dict[str, int]:
 def error_lines(stderr: str) -> list[str]:
     """stderr without Snakemake's notice that it applies the workflow profile (profiles/default)."""
     return [line for line in stderr.strip().splitlines() if not line.startswith("Using workflow specific profile")]
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` run so that a folder's missing write permission binds: root ignores it, so as root the
+    command runs in a user namespace as uid 1000 (mapped to root: the owner bits apply)."""
+    import os
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return cmd
+    ns = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
+    if shutil.which("unshare") is None or subprocess.run([*ns, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without user namespaces: no folder can be made read-only")
+    return [*ns, *cmd]

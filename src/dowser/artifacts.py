@@ -66,7 +66,7 @@ def umask() -> int:
     return mask
 
 
-def _honour_umask(path: Path) -> None:
+def honour_umask(path: Path) -> None:
     """Give `path` (and, for a folder, all it holds) the modes a plain open()/mkdir() would:
     temp files (mkstemp) are 0600, so a shared cache or group project could not read them."""
     mask = umask()
@@ -80,15 +80,26 @@ def _honour_umask(path: Path) -> None:
                     os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
+def check_writable(folder: Path) -> None:
+    """PermissionError naming the folder (or its nearest existing ancestor) where nothing can be
+    created: a read-only results/ is one line, not a traceback from h5py or mkdir."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing}: not writable (a read-only file system, or no write permission)")
+
+
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (temp file in the same folder, then os.replace)."""
     path = Path(path)
+    check_writable(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-    _honour_umask(Path(tmp))
+    honour_umask(Path(tmp))
     os.replace(tmp, path)
 
 
@@ -96,6 +107,7 @@ def write_json(path: Path, obj) -> None:
 def atomic_path(path: Path):
     """Yield a temp path beside `path`; on success rename it to `path` (file or folder)."""
     path = Path(path)
+    check_writable(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -107,7 +119,7 @@ def atomic_path(path: Path):
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         raise
     if tmp.exists():
-        _honour_umask(tmp)
+        honour_umask(tmp)
     if path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)

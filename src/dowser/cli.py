@@ -18,18 +18,23 @@ from pathlib import Path
 from dowser.artifacts import atomic_path, write_json, write_spec
 
 
-def _spec(args) -> dict:
-    try:
-        return json.loads(args.spec)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--spec: not JSON ({e})") from None
+def _spec(args, *kinds: str) -> dict:
+    """The stage's --spec, every key checked against the spec class of `kinds` (dowser.spec:
+    `--spec: mask.rhoo: unknown key`, `--spec: mask.rho: required`). args.spec becomes the
+    spec's canonical JSON (defaults filled), which the artifact records and its id hashes."""
+    from dowser.spec import parse_spec, spec_classes
+
+    classes = spec_classes()
+    spec = parse_spec(args.spec, *(classes[k] for k in kinds))
+    args.spec = spec.to_json()
+    return spec.to_dict()
 
 
 def cmd_data(args):
     from dowser.world.config import WorldConfig
     from dowser.world.tasks import generate_task_data
 
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "data"), time.time()
     cfg = WorldConfig.from_dict(spec["world"]["config"])
     with atomic_path(Path(args.out)) as tmp:
         generate_task_data(cfg, tmp)
@@ -37,7 +42,7 @@ def cmd_data(args):
 
 
 def cmd_model(args):
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "model"), time.time()
     with atomic_path(Path(args.out)) as tmp:
         if spec["source"] == "world":
             from dowser.world import build_base
@@ -55,7 +60,7 @@ def cmd_probe(args):
     from dowser.models import load_artifact
     from dowser.probe import synthesize_probes
 
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "probe"), time.time()
     model, processor = load_artifact(args.model)
     if spec.get("preset", "default") == "official":
         from dowser.probe import synthesize_probes_official
@@ -75,7 +80,7 @@ def cmd_score(args):
     from dowser.models import load_artifact
     from dowser.score import ScoreConfig, accumulate_scores, write_shard
 
-    spec = _spec(args)
+    spec = _spec(args, "score")
     model, processor = load_artifact(args.model)
     n = spec["shards"]
     if not 0 <= args.shard < n:
@@ -122,9 +127,10 @@ def cmd_merge(args):
     from dowser.score import merge_shards
 
     started = time.time()
+    _spec(args, "score")  # names a wrong key before the shards' spec ids are compared
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        merge_shards([Path(p) for p in args.shards], tmp, spec_json=args.spec)
+        merge_shards([Path(p) for p in args.shards], tmp, spec_json=args.spec, target=out)
     write_spec(out.parent, args.spec, started)
 
 
@@ -133,7 +139,7 @@ def cmd_mask(args):
     from dowser.methods import MaskContext, get_method
     from dowser.scorefile import open_scores
 
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "mask"), time.time()
     method = get_method(spec["method"], spec.get("params"))
     scores, extra = None, {}
     if method.needs_scores:
@@ -172,12 +178,12 @@ def cmd_finetune(args):
     if args.parent:  # post-hoc methods edit the cached Full-FT run instead of training
         from dowser.posthoc import run_posthoc
 
-        print(json.dumps(run_posthoc(_spec(args), Path(args.model), Path(args.data), Path(args.out),
+        print(json.dumps(run_posthoc(_spec(args, "run"), Path(args.model), Path(args.data), Path(args.out),
                                      Path(args.parent))))
         return
     runtime = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
     runtime.update(sharding=args.sharding, gradient_checkpointing=args.gradient_checkpointing)
-    result = finetune(_spec(args), Path(args.model), Path(args.data), Path(args.out),
+    result = finetune(_spec(args, "run", "continual_run"), Path(args.model), Path(args.data), Path(args.out),
                       Path(args.mask) if args.mask else None, **runtime)
     print(json.dumps(result))
 
@@ -188,9 +194,16 @@ def cmd_evaluate(args):
     from dowser.evaluate import evaluate_benchmarks
     from dowser.finetune import load_finetuned
 
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "eval"), time.time()
+    for key in ("limit", "max_new_tokens"):
+        if key not in spec["params"]:
+            raise ValueError(f"--spec: eval.params.{key}: required")
+    if (spec["run"] is None) != (args.run is None):
+        raise ValueError(f"--run: the spec evaluates run {spec['run']}, but no --run was given" if args.run is None
+                         else f"--run {args.run}: the spec evaluates the base model (its run is null)")
     torch.manual_seed(0)
-    model, processor = load_finetuned(Path(args.model), Path(args.run) if args.run else None)
+    # the delta must hold the run the spec names (its stored spec, as merge and finetune check theirs)
+    model, processor = load_finetuned(Path(args.model), Path(args.run) if args.run else None, expect_run=spec["run"])
     params = spec["params"]
     out = Path(args.out)
     with atomic_path(out) as tmp:
@@ -207,7 +220,7 @@ def cmd_stability(args):
     from dowser.scorefile import open_scores
     from dowser.stability import stability_table
 
-    spec, started = _spec(args), time.time()
+    spec, started = _spec(args, "stability"), time.time()
     table = stability_table(open_scores(args.a, expect_id=spec.get("a")), open_scores(args.b, expect_id=spec.get("b")),
                             top=spec["top"])
     out = Path(args.out)
@@ -224,6 +237,7 @@ def cmd_continual(args):
         for opt in ("spec", "model", "run"):
             if not getattr(args, opt):
                 raise ValueError(f"dowser continual model: --{opt} is required")
+        _spec(args, "continual_model")
         materialise_model(args.spec, Path(args.model), Path(args.run), Path(args.out))
     else:  # A_{t,i}, MFT / MFN / MAA / BWT per method
         if not args.evals:
@@ -247,7 +261,7 @@ def cmd_check_config(args):
     """What `snakemake` checks at parse time, without Snakemake: Snakemake reads --configfile
     files before the workflow runs and reports a YAML error without the file or line."""
     from dowser.config import model_params_b, read_config_file, validate_config
-    from dowser.spec import build_grid
+    from dowser.spec import build_grid, repeated_entries
 
     def merge(base: dict, new: dict) -> dict:  # Snakemake's update_config: nested mappings merge
         for key, value in new.items():
@@ -260,6 +274,8 @@ def cmd_check_config(args):
         config = merge(config, read_config_file(path))
     validate_config(config, args.schema)
     grid = build_grid(config)
+    for warning in repeated_entries(config):
+        print(f"dowser: warning: {warning}", file=sys.stderr)
     print(f"ok: {len(grid.runs)} runs, {len(grid.masks)} masks, {len(grid.evals)} evaluations; "
           f"model {model_params_b(config):g}B parameters for job sizing")
 
@@ -363,9 +379,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        # What the package raises on purpose for bad input (a wrong file, shape, key or value):
-        # one line. Anything else (KeyError, TypeError, ...) is a bug and keeps its traceback.
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        # What the package raises on purpose for bad input (a wrong file, shape, key or value, a
+        # read-only folder): one line. Anything else (KeyError, TypeError, ...) is a bug and keeps
+        # its traceback.
         print(f"dowser: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -132,3 +132,13 @@ def validate_config(config: dict, schema_path: str, cache_dir: str | None = None
             open(marker, "a").close()
         except OSError:  # read-only checkout: validate every time
             pass
+
+
+def nested_config_hint(message: str, cli_config: dict | None) -> str:
+    """What to add to a config error on a section that `--config key={...}` set: Snakemake reads
+    a nested --config value with YAML's BaseLoader, so every number in it arrives as a string."""
+    section = message.split(":", 1)[0].split(".", 1)[0]
+    if "is not of type" in message and isinstance((cli_config or {}).get(section), (dict, list)):
+        return (f" (--config {section}=...: nested --config values arrive as strings; put them in a YAML file"
+                " and pass it with --configfile)")
+    return ""

@@ -206,7 +206,7 @@ def materialise_model(spec_json: str, start_model: Path, run_dir: Path, out: Pat
     from dowser.finetune import load_finetuned
 
     started = time.time()
-    model, processor = load_finetuned(Path(start_model), Path(run_dir))
+    model, processor = load_finetuned(Path(start_model), Path(run_dir), expect_run=json.loads(spec_json)["run"])
     with atomic_path(Path(out)) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -34,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -43,7 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dowser.artifacts import atomic_path, write_json, write_spec
+from dowser.artifacts import atomic_path, honour_umask, write_json, write_spec
 from dowser.data import Indexed, SFTSamples, answer_tokens, collate, read_rows
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
@@ -148,12 +150,11 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
-
     data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg.train_samples))
     sampler = GlobalBatches(len(data), cfg.batch_size, cfg.epochs, cfg.seed, 0, acc.process_index, acc.num_processes)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the data checks: a refused run leaves no files
+    if main:
+        write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
     total = math.ceil(sampler.total / cfg.grad_accum)  # optimizer steps
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))  # stepped by hand, once
@@ -166,8 +167,19 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     ckpt = out_dir / "checkpoint"
     start, log = 0, []
     if (ckpt / "state.json").exists():
-        start, log = load_checkpoint(ckpt, params, opt, sched, method, acc.process_index)
-        print(f"resumed from {ckpt} at step {start}/{total}")
+        try:
+            start, log = load_checkpoint(ckpt, params, opt, sched, method, acc.process_index)
+            print(f"resumed from {ckpt} at step {start}/{total}")
+        except UnreadableCheckpoint as e:  # nothing loaded yet: train from step 0, the last good state
+            acc.wait_for_everyone()
+            if main:
+                import shutil
+
+                aside = ckpt.with_name(ckpt.name + ".corrupt")
+                shutil.rmtree(aside, ignore_errors=True)
+                ckpt.rename(aside)
+                print(f"dowser: warning: {e}; moved aside to {aside}; training from step 0", file=sys.stderr)
+            acc.wait_for_everyone()
     sampler.start = start * cfg.grad_accum
     pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
     prefix = frozen_prefix(acc.unwrap_model(model), depth, data, pad_id, acc) if cache_prefix and not sharded else None
@@ -334,6 +346,7 @@ def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, m
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(tmp / f"rng.{acc.process_index}.safetensors"),
               metadata={"python": json.dumps(random.getstate())})
+    honour_umask(tmp / f"rng.{acc.process_index}.safetensors")  # safetensors creates files 0600
     tensors = {f"param.{i}": full_tensor(p) for i, p in enumerate(params)}  # collective under FSDP
     opt_state = opt.state_dict()
     scalars = {}
@@ -347,6 +360,7 @@ def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, m
         tensors.update({f"method.{key}.{j}": full_tensor(v) for j, v in enumerate(values)})
     if acc.is_main_process:
         save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        honour_umask(tmp / "state.safetensors")
         write_json(tmp / "state.json", {"step": step, "log": log, "scheduler": sched.state_dict(),
                                         "param_groups": opt_state["param_groups"], "optimizer_scalars": scalars,
                                         "processes": acc.num_processes})
@@ -358,11 +372,20 @@ def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, m
     acc.wait_for_everyone()
 
 
+class UnreadableCheckpoint(ValueError):
+    """state.json or state.safetensors of a checkpoint cannot be read."""
+
+
 def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[int, list]:
     from dowser.distributed import load_into, shard_like
 
-    meta = json.loads((ckpt / "state.json").read_text())
-    tensors = load_file(str(ckpt / "state.safetensors"))
+    try:  # read before anything is loaded: a bad file leaves the run as it started
+        meta = json.loads((ckpt / "state.json").read_text())
+        tensors = load_file(str(ckpt / "state.safetensors"))
+    except PermissionError:
+        raise
+    except Exception as e:  # json and safetensors errors for truncated or garbled files
+        raise UnreadableCheckpoint(f"{ckpt}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
     with torch.no_grad():
         for i, p in enumerate(params):
             load_into(p, tensors[f"param.{i}"])
@@ -396,15 +419,53 @@ def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[
     return meta["step"], meta["log"]
 
 
-def load_finetuned(model_path: Path, run_dir: Path | None):
-    """Base model + a run's delta (None: the base model itself)."""
+def load_finetuned(model_path: Path, run_dir: Path | None, expect_run: str | None = None):
+    """Base model + a run's delta (None: the base model itself); with `expect_run`, the delta must
+    hold that run (the spec stored in its metadata, and the folder's spec.json if any)."""
     model, processor = load_artifact(model_path)
     if run_dir is not None:
-        path = Path(run_dir) / "delta.safetensors"
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for truncated files
-            raise ValueError(f"{path}: corrupt or unreadable checkpoint ({e})") from None
-        load_delta_state(model, state)
+        load_delta_state(model, read_delta(Path(run_dir) / "delta.safetensors", expect_run))
     model.eval()
     return model, processor
+
+
+def read_delta(path: Path, expect_run: str | None = None) -> dict:
+    """A run's delta.safetensors, its stored spec checked against `expect_run` (and the folder's
+    spec.json, if any) before the tensors are read. A file safetensors cannot read is moved aside
+    to delta.safetensors.corrupt (the workflow then sees it missing and retrains the run, as a
+    corrupt score shard is rebuilt) and the one-line error says so and how to rebuild it."""
+    from safetensors import safe_open
+
+    from dowser.spec import stored_id
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (the run's delta)")
+
+    def read(fn):
+        try:
+            return fn()
+        except PermissionError as e:
+            raise ValueError(f"{path}: not readable ({e.strerror})") from None
+        except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            raise ValueError(f"{path}: corrupt or unreadable checkpoint ({str(e).splitlines()[0]}); moved aside to "
+                             f"{aside.name}; retrain it with `snakemake {path}` (with your --configfile/--profile)"
+                             ) from None
+
+    def metadata():
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+
+    stored = read(metadata).get("spec")
+    if expect_run is not None:
+        found = stored_id(stored) if stored else None
+        if found != expect_run:
+            raise ValueError(f"{path}: delta of run {found} (the spec in its metadata), not {expect_run} (the run "
+                             "this stage's spec names)")
+        folder = path.parent / "spec.json"
+        if folder.exists() and stored_id(folder.read_text()) != expect_run:
+            raise ValueError(f"{folder}: run {stored_id(folder.read_text())}, not {expect_run} (the run this "
+                             "stage's spec names)")
+    return read(lambda: load_file(str(path)))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from dowser.artifacts import atomic_path, write_json, write_spec
 from dowser.methods import get_method
@@ -71,7 +71,7 @@ def check_parent(spec: dict, parent: dict) -> None:
 
 
 def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, parent_path: Path) -> dict:
-    from dowser.finetune import TrainConfig, base_weights, training_rows, update_norm_ratio
+    from dowser.finetune import TrainConfig, base_weights, read_delta, training_rows, update_norm_ratio
     from dowser.sparse import delta_state, dense_extras, load_delta_state
 
     started = time.time()
@@ -79,6 +79,7 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
     method = get_method(spec["method"], spec.get("params"))
     if not method.post_hoc:
         raise ValueError(f"method '{spec['method']}' is not post-hoc: it takes no --parent")
+    parent = read_delta(parent_path)  # a corrupt parent: moved aside, one line with the command that retrains it
     check_parent(spec, parent_spec(parent_path))
     cfg = TrainConfig.from_dict(spec["train"])
     depth = int(spec["depth"])
@@ -91,7 +92,7 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
     # ||dW|| / ||W0|| as dowser.finetune reports it (run.json), W0 from base_state, no second copy
     base = base_weights(model, depth, dense=False, extras=dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head))
     base.update({name: (w.cpu(), base[name][1]) for name, w in base_state.items()})
-    load_delta_state(model, load_file(str(parent_path)))
+    load_delta_state(model, parent)
     rows = training_rows(spec["task"], Path(data_root), cfg.train_samples)
     device = next(model.parameters()).device
     ctx = PostHocContext(task_batches(processor, rows, cfg.batch_size, cfg.seed, device), spec.get("rho"), depth,

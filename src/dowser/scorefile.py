@@ -12,10 +12,10 @@ with its sha256 (4 B/weight), attrs `spec`, `probe_count`, `fingerprint`.
 The merge streams a block of rows of one module at a time (fp64 sums of that block only),
 checks every shard's checksums on the way, and writes nothing in place of its output
 unless all of them hold. A shard that cannot be read or fails its checksum is renamed to
-`<shard>.corrupt` (so Snakemake sees it missing and rebuilds it on the next run) and the
-one-line error names it and the command that rebuilds it. The rule marks scores.h5 as
-`update()`, so Snakemake restores the previous merged file when the merge fails instead
-of deleting it.
+`<shard>.corrupt` and the one-line error names it and the one command that rebuilds it and
+merges again (`snakemake <shard> <scores.h5>`). The rule marks scores.h5 as `update()`, so
+Snakemake keeps the previous merged file when the merge fails instead of deleting it; while
+it exists a plain rerun plans no job for the missing shard.
 """
 
 from __future__ import annotations
@@ -29,22 +29,11 @@ import h5py
 import numpy as np
 
 from dowser.mask import CHUNK, H5Source
+from dowser.spec import stored_id as spec_id  # one rule for every stored spec (dowser.spec)
 
 
 def sha256_array(x: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-
-
-def spec_id(spec_json: str) -> str:
-    """The content id of a stored spec JSON, as `dowser.spec` computes it for its kind."""
-    from dowser.spec import Spec, content_id
-
-    d = json.loads(spec_json)
-    classes = {c.kind: c for c in Spec.__subclasses__()}
-    try:
-        return classes[d["kind"]].from_dict(d).id
-    except (KeyError, TypeError, ValueError):  # not one of ours: hash what is there
-        return content_id(d)
 
 
 def _attr_str(x) -> str:
@@ -112,9 +101,10 @@ def _read_meta(path) -> dict:
                 "modules": modules}
 
 
-def _quarantine(bad: dict[Path, str], quarantine: bool) -> None:
-    """Rename each bad shard to <name>.corrupt (the rule's output is then missing, so the next
-    workflow run rebuilds it) and raise one line naming them and the rebuild command."""
+def _quarantine(bad: dict[Path, str], quarantine: bool, target: Path) -> None:
+    """Rename each bad shard to <name>.corrupt and raise one line naming them and the one command
+    that rebuilds them and merges again. A plain rerun is not it: while `target` (the merged file,
+    kept by the rule's update()) exists, Snakemake plans no job for a missing shard."""
     parts = []
     for path, why in bad.items():
         path = Path(path)
@@ -123,14 +113,19 @@ def _quarantine(bad: dict[Path, str], quarantine: bool) -> None:
             aside = path.with_name(path.name + ".corrupt")
             os.replace(path, aside)
             moved = f"; moved aside to {aside.name}"
-        parts.append(f"{path}: corrupt score shard ({why}){moved}; rebuild it with `snakemake {path}` "
-                     "(with your --configfile/--profile) or rerun the workflow")
-    raise ValueError(" | ".join(parts))
+        parts.append(f"{path}: corrupt score shard ({why}){moved}")
+    paths = " ".join(str(p) for p in bad)
+    raise ValueError(f"{' | '.join(parts)}; rebuild and merge with `snakemake {paths} {target}` (add your "
+                     "--configfile/--profile)")
 
 
-def merge_shards(paths, out_path, spec_json: str | None = None, quarantine: bool = True) -> None:
+def merge_shards(paths, out_path, spec_json: str | None = None, quarantine: bool = True,
+                 target: Path | None = None) -> None:
     """Check the shards belong together (the spec `spec_json` names, one model, disjoint and
-    complete probes, intact), then average them into `out_path`, a block of rows at a time."""
+    complete probes, intact), then average them into `out_path`, a block of rows at a time.
+    `target`: the merged file's final path where `out_path` is a temporary one (the rebuild
+    command names it)."""
+    target = Path(target or out_path)
     if not paths:
         raise ValueError("no score shards to merge")
     paths = [Path(p) for p in paths]
@@ -150,7 +145,7 @@ def merge_shards(paths, out_path, spec_json: str | None = None, quarantine: bool
         if lost:
             bad[path] = f"{len(lost)} module(s) missing or incomplete, e.g. {lost[0]}"
     if bad:
-        _quarantine(bad, quarantine)
+        _quarantine(bad, quarantine, target)
     first = metas[paths[0]]
     want = spec_id(spec_json) if spec_json is not None else None
     seen: dict[int, Path] = {}
@@ -177,7 +172,7 @@ def merge_shards(paths, out_path, spec_json: str | None = None, quarantine: bool
         raise
     if bad:
         Path(out_path).unlink(missing_ok=True)
-        _quarantine(bad, quarantine)
+        _quarantine(bad, quarantine, target)
 
 
 def _merge(paths, metas, out_path, first, total, bad) -> None:

@@ -51,11 +51,78 @@ class Spec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Spec":
-        d = {k: v for k, v in d.items() if k != "kind"}
-        for f in dataclasses.fields(cls):
-            if f.name in d and isinstance(d[f.name], list) and f.type.startswith("tuple"):
-                d[f.name] = tuple(d[f.name])
-        return cls(**d)
+        """Checked as TrainConfig.from_dict checks `finetune.train`: one line naming the key
+        (`mask.rhoo: unknown key`, `mask.rho: required`, `mask.rho: '0.2' is not a number`)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.kind}: a spec is a JSON object, not {type(d).__name__}")
+        if d.get("kind", cls.kind) != cls.kind:
+            raise ValueError(f"kind: a {d['kind']!r} spec where a {cls.kind!r} spec belongs")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in d:
+            if key != "kind" and key not in fields:
+                raise ValueError(f"{cls.kind}.{key}: unknown key (a {cls.kind} spec has {', '.join(fields)})")
+        values = {}
+        for name, f in fields.items():
+            if name in d:
+                values[name] = _typed(f"{cls.kind}.{name}", f.type, d[name])
+            elif f.default is dataclasses.MISSING:
+                raise ValueError(f"{cls.kind}.{name}: required")
+        return cls(**values)
+
+
+# Field annotations (strings: `from __future__ import annotations`) -> accepted JSON types.
+_JSON_TYPES = {"str": (str, "a string"), "int": (int, "an integer"), "float": ((int, float), "a number"),
+               "bool": (bool, "true or false"), "dict": (dict, "a mapping"), "tuple[str, ...]": (list, "a list")}
+
+
+def _typed(key: str, annotation: str, value):
+    """`value` as the field holds it (a float field's 1 -> 1.0: 1 and 1.0 hash differently; lists
+    -> tuples), or one line naming `key` when JSON gave another type."""
+    base = annotation.removesuffix(" | None")
+    if value is None and base != annotation:
+        return None
+    types, words = _JSON_TYPES[base]
+    if isinstance(value, tuple) and base.startswith("tuple"):
+        value = list(value)
+    if not isinstance(value, types) or (isinstance(value, bool) and base in ("int", "float")):
+        raise ValueError(f"{key}: {value!r} is not {words}")
+    if base == "float":
+        return float(value)
+    return tuple(value) if base.startswith("tuple") else value
+
+
+def spec_classes() -> dict[str, type]:
+    """kind -> Spec class, dowser.continual's kinds included."""
+    import dowser.continual  # noqa: F401  (defines continual_run, continual_model; imports this module)
+
+    return {c.kind: c for c in Spec.__subclasses__()}
+
+
+def stored_id(spec_json: str) -> str:
+    """The content id of a spec JSON stored in a file, as `dowser.spec` computes it for its kind
+    (defaults filled); a JSON that is not a valid spec of ours: the hash of what is there."""
+    d = json.loads(spec_json)
+    try:
+        return spec_classes()[d["kind"]].from_dict(d).id
+    except (KeyError, TypeError, ValueError):
+        return content_id(d)
+
+
+def parse_spec(spec_json: str, *classes: type) -> Spec:
+    """A stage's --spec: JSON of one of `classes`, each key checked (`from_dict`); one line naming
+    the key otherwise. A spec without `kind` is taken as the first class's."""
+    try:
+        d = json.loads(spec_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--spec: not JSON ({e})") from None
+    kind = d.get("kind", classes[0].kind) if isinstance(d, dict) else classes[0].kind
+    cls = next((c for c in classes if c.kind == kind), None)
+    if cls is None:
+        raise ValueError(f"--spec: a {kind!r} spec; this stage takes {' or '.join(repr(c.kind) for c in classes)}")
+    try:
+        return cls.from_dict(d)
+    except ValueError as e:
+        raise ValueError(f"--spec: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -331,6 +398,27 @@ def check_grid_config(config: dict, num_blocks: int | None = None) -> None:
                     if depth > num_blocks
                     else f"finetune.depths: L={depth} must be >= 1"
                 )
+
+
+# Lists whose repeated entries the grid keeps once (one spec, one id): `check-config` warns.
+SET_LISTS = (("finetune", "tasks"), ("finetune", "methods"), ("finetune", "depths"), ("finetune", "random_seeds"),
+             ("mask", "rho"), ("evaluate", "upstream"), ("evaluate", "downstream"))
+
+
+def repeated_entries(config: dict) -> list[str]:
+    """One warning per list that names an entry twice (a task listed twice is one set of runs)."""
+    warnings = []
+    for section, key in SET_LISTS:
+        seen, twice = set(), []
+        for value in (config.get(section) or {}).get(key) or []:
+            norm = float(value) if key == "rho" else value  # 0.1 and 0.10 are one budget
+            if norm in seen and value not in twice:
+                twice.append(value)
+            seen.add(norm)
+        if twice:
+            warnings.append(f"{section}.{key}: {', '.join(repr(v) for v in twice)} listed more than once "
+                            "(the grid has it once)")
+    return warnings
 
 
 def build_grid(config: dict) -> Grid:

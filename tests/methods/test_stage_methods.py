@@ -86,6 +86,20 @@ def test_posthoc_refuses_a_parent_of_another_task(world, tmp_path):
         run_posthoc(spec("dare", rho=0.1, task="world-coco"), world / "model", world / "data", tmp_path, parent)
 
 
+def test_posthoc_moves_a_corrupt_parent_aside(world, tmp_path):
+    """A cut-short Full-FT delta: one line naming it and the command that retrains it, and the file
+    moved aside so the next workflow run retrains the parent instead of failing again."""
+    parent = tmp_path / "full" / "delta.safetensors"
+    parent.parent.mkdir()
+    parent.write_bytes(b"\x08" + b"\0" * 7 + b"{")  # a header length, then a header cut short
+    with pytest.raises(ValueError) as e:
+        run_posthoc(spec("dare", rho=0.1, parent="full"), world / "model", world / "data", tmp_path / "dare", parent)
+    assert str(e.value).startswith(f"{parent}: corrupt or unreadable checkpoint (")
+    assert str(e.value).endswith(f"retrain it with `snakemake {parent}` (with your --configfile/--profile)")
+    assert not parent.exists() and parent.with_name("delta.safetensors.corrupt").exists()
+    assert not (tmp_path / "dare").exists()
+
+
 def test_spider_resumes_to_the_same_weights(world, tmp_path):
     from safetensors.torch import load_file
 

@@ -3,7 +3,7 @@
 import sys
 
 from dowser.continual import build_continual
-from dowser.config import validate_config
+from dowser.config import nested_config_hint, validate_config
 from dowser.spec import build_grid
 
 
@@ -12,7 +12,21 @@ try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), ".snakemake/dowser/valid-configs")
     GRID = build_grid(config)
 except ValueError as e:
-    sys.exit(f"config error: {e}")
+    sys.exit(f"config error: {e}{nested_config_hint(str(e), workflow.config_settings.config)}")
+
+
+onstart:
+    # jobs write under results/: a read-only one is one line before any job starts, not a failed
+    # job and Snakemake's traceback from its cleanup (dry runs do not get here)
+    import glob
+
+    from dowser.artifacts import check_writable
+
+    for folder in ["results", *sorted(glob.glob("results/*/"))]:
+        try:
+            check_writable(folder.rstrip("/"))
+        except PermissionError as e:
+            sys.exit(f"error: {e}")
 
 
 wildcard_constraints:
@@ -32,8 +46,17 @@ MODEL_DIR = f"results/models/{GRID.model.id}"
 DATA_DIR = f"results/data/{GRID.data.id}" if GRID.data else config["data"]["root"]
 
 
+def artifact(kind, id_):
+    """The spec of an id in this config; one line (not an InputFunctionException) for a target of
+    another config. SystemExit: Snakemake wraps any Exception of an input function."""
+    try:
+        return GRID.lookup(kind, id_)
+    except KeyError:
+        sys.exit(f"no artifact {id_} in this config; did you forget --configfile?")
+
+
 def spec_json(kind, id_):
-    return GRID.lookup(kind, id_).to_json()
+    return artifact(kind, id_).to_json()
 
 
 def get_final_output():
@@ -48,19 +71,19 @@ def get_eval_files():
 
 
 def get_score_inputs(wildcards):
-    score = GRID.scores[wildcards.score]
+    score = artifact("score", wildcards.score)
     if score.source == "task":
         return {"model": MODEL_DIR, "data": DATA_DIR}
     return {"model": MODEL_DIR, "probes": f"results/probes/{score.probe}/probes.parquet"}
 
 
 def get_shards(wildcards):
-    n = GRID.scores[wildcards.score].shards
+    n = artifact("score", wildcards.score).shards
     return [f"results/scores/{wildcards.score}/shard-{k}-of-{n}.h5" for k in range(n)]
 
 
 def get_mask_inputs(wildcards):
-    mask = GRID.masks[wildcards.mask]
+    mask = artifact("masks", wildcards.mask)
     if mask.score is not None:
         return {"scores": f"results/scores/{mask.score}/scores.h5"}
     if mask.probe is not None:
@@ -69,7 +92,7 @@ def get_mask_inputs(wildcards):
 
 
 def get_run_inputs(wildcards):
-    run = GRID.runs[wildcards.run]
+    run = artifact("runs", wildcards.run)
     inputs = {"model": MODEL_DIR, "data": DATA_DIR}
     if run.mask is not None:
         inputs["mask"] = f"results/masks/{run.mask}/mask.h5"
@@ -79,7 +102,7 @@ def get_run_inputs(wildcards):
 
 
 def get_eval_inputs(wildcards):
-    ev = GRID.evals[wildcards.eval]
+    ev = artifact("evals", wildcards.eval)
     inputs = {"model": MODEL_DIR, "data": DATA_DIR}
     if ev.run is not None:
         inputs["run"] = f"results/runs/{ev.run}/delta.safetensors"
@@ -108,14 +131,21 @@ def cont_model_dir(model_id):
     return MODEL_DIR if model_id == GRID.model.id else f"{CONT_DIR}/models/{model_id}"
 
 
-def cont_spec(kind, id_):
+def cont_artifact(kind, id_):
+    """A continual spec by id; one line for an id (or a continual target) this config lacks."""
     if CONT is None:
-        raise ValueError("no `continual` section in the config")
-    return getattr(CONT, kind)[id_].to_json()
+        sys.exit(f"no continual artifact {id_}: the config has no `continual` section; did you forget --configfile?")
+    if id_ not in getattr(CONT, kind):
+        sys.exit(f"no artifact {id_} in this config; did you forget --configfile?")
+    return getattr(CONT, kind)[id_]
+
+
+def cont_spec(kind, id_):
+    return cont_artifact(kind, id_).to_json()
 
 
 def cont_mask_inputs(wildcards):
-    mask = CONT.masks[wildcards.mask]
+    mask = cont_artifact("masks", wildcards.mask)
     if mask.score is not None:
         return {"scores": f"{CONT_DIR}/scores/{mask.score}/scores.h5"}
     inputs = {"model": cont_model_dir(mask.model)}
@@ -125,7 +155,7 @@ def cont_mask_inputs(wildcards):
 
 
 def cont_run_inputs(wildcards):
-    run = CONT.runs[wildcards.run]
+    run = cont_artifact("runs", wildcards.run)
     inputs = {"model": cont_model_dir(run.model), "data": DATA_DIR}
     if run.mask is not None:
         inputs["mask"] = f"{CONT_DIR}/masks/{run.mask}/mask.h5"
@@ -133,7 +163,7 @@ def cont_run_inputs(wildcards):
 
 
 def cont_eval_inputs(wildcards):
-    ev = CONT.evals[wildcards.eval]
+    ev = cont_artifact("evals", wildcards.eval)
     inputs = {"model": cont_model_dir(ev.model), "data": DATA_DIR}
     if ev.run is not None:
         inputs["run"] = f"{CONT_DIR}/runs/{ev.run}/delta.safetensors"

@@ -33,7 +33,7 @@ rule continual_table:
 
 rule continual_probe:
     input:
-        model=lambda wc: cont_model_dir(CONT.probes[wc.probe].model),
+        model=lambda wc: cont_model_dir(cont_artifact("probes", wc.probe).model),
     output:
         f"{CONT_DIR}/probes/{{probe}}/probes.parquet",
     log:
@@ -54,8 +54,8 @@ rule continual_probe:
 
 rule continual_score_shard:
     input:
-        model=lambda wc: cont_model_dir(CONT.scores[wc.score].model),
-        probes=lambda wc: f"{CONT_DIR}/probes/{CONT.scores[wc.score].probe}/probes.parquet",
+        model=lambda wc: cont_model_dir(cont_artifact("scores", wc.score).model),
+        probes=lambda wc: f"{CONT_DIR}/probes/{cont_artifact('scores', wc.score).probe}/probes.parquet",
     output:
         f"{CONT_DIR}/scores/{{score}}/shard-{{k}}-of-{{n}}.h5",
     log:
@@ -77,8 +77,8 @@ rule continual_score_shard:
 rule continual_merge_scores:
     input:
         lambda wc: [
-            f"{CONT_DIR}/scores/{wc.score}/shard-{k}-of-{CONT.scores[wc.score].shards}.h5"
-            for k in range(CONT.scores[wc.score].shards)
+            f"{CONT_DIR}/scores/{wc.score}/shard-{k}-of-{cont_artifact('scores', wc.score).shards}.h5"
+            for k in range(cont_artifact("scores", wc.score).shards)
         ],
     output:
         f"{CONT_DIR}/scores/{{score}}/scores.h5",
@@ -144,8 +144,8 @@ rule continual_finetune:
 
 rule continual_model:
     input:
-        model=lambda wc: cont_model_dir(CONT.models[wc.model].model),
-        run=lambda wc: f"{CONT_DIR}/runs/{CONT.models[wc.model].run}/delta.safetensors",
+        model=lambda wc: cont_model_dir(cont_artifact("models", wc.model).model),
+        run=lambda wc: f"{CONT_DIR}/runs/{cont_artifact('models', wc.model).run}/delta.safetensors",
     output:
         directory(f"{CONT_DIR}/models/{{model}}"),
     log:
