@@ -2,7 +2,9 @@ rule score_shard:
     input:
         unpack(get_score_inputs),
     output:
-        "results/scores/{score}/shard-{k}-of-{n}.h5",
+        # temp(): a shard exists only for the merge (LLaVA-1.5-7B: 25.9 GB each), deleted once
+        # scores.h5 is written; a failed merge (a corrupt shard moved aside) keeps the others
+        temp("results/scores/{score}/shard-{k}-of-{n}.h5"),
     log:
         "logs/score/{score}-{k}-of-{n}.log",
     params:
