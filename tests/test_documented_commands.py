@@ -77,10 +77,10 @@ def test_commands_are_found():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A copy of what the commands read; the repository itself is never the working directory."""
-    work = tmp_path_factory.mktemp("commands")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    for name in ("workflow", "envs", "profiles", "slurm", "configs", "docs", "tests/slurm/profile", "tests/e2e"):
+    from workflowlib import copy_workflow
+
+    work = copy_workflow(tmp_path_factory.mktemp("commands"))
+    for name in ("slurm", "configs", "docs", "tests/slurm/profile", "tests/e2e"):  # what the commands name
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     (work / "data").mkdir()
     return work
