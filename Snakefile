@@ -5,10 +5,20 @@
 import sys
 
 from snakemake.utils import min_version
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from dowser.config import read_config_file
 
 min_version("9.0")
+
+# `--sdm conda` would build envs/dowser.yaml from Snakemake's copy of it in .snakemake/conda/,
+# where its `-e ../` no longer names this checkout: the package would be missing from every job.
+# Jobs run in the environment Snakemake is started from (docs/cluster.md, "Software").
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    sys.exit(
+        "software-deployment-method conda is not supported: activate an environment with this checkout"
+        " installed (pip install -e '.[slurm]', or conda env create -f envs/dowser.yaml) and submit from it"
+    )
 
 # Snakemake's own message for a broken config file names neither the file nor the line.
 # It reads --configfile files before this Snakefile runs (their errors stay its own; see

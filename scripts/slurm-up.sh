@@ -47,7 +47,7 @@ for _ in $(seq 50); do munge -n </dev/null | unmunge >/dev/null 2>&1 && break; s
 # --- slurm.conf from this machine's size. RealMemory: ~90% of the available memory (a
 # value above what slurmd measures drains the node).
 mkdir -p "$CONF_DIR" "$RUN_DIR" "$SPOOL/ctld" "$SPOOL/d" "$LOG_DIR"
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc obeys these (a test run sets OMP_NUM_THREADS=1)
 MEM_MB=$(awk '/MemAvailable/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
 NEW_CONF=$(cat <<CONF
 # Written by scripts/slurm-up.sh: a throw-away one-node cluster ($HOST, $CPUS CPUs).

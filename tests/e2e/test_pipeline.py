@@ -40,8 +40,30 @@ def test_every_artifact_explains_itself(workflow):
     for folder in ("probes", "masks", "runs", "evals"):
         for d in (workflow / "results" / folder).iterdir():
             assert (d / "spec.json").exists() and (d / "provenance.json").exists(), d
-    shards = sorted((workflow / "results/scores").glob("*/shard-*-of-2.h5"))
-    assert len(shards) == 2
+    # score shards are temp(): deleted once merged (their jobs' logs stay)
+    (scores,) = (workflow / "results/scores").iterdir()
+    assert sorted(p.name for p in scores.iterdir()) == ["provenance.json", "scores.h5", "spec.json"]
+    assert (workflow / f"logs/score/{scores.name}-1-of-2.log").exists()
+
+
+def test_gpu_rules_write_benchmarks(workflow):
+    """logs/benchmarks/<rule>/<id>.tsv per fine-tune and evaluation: Snakemake's wall time and max RSS."""
+    runs = {d.name for d in (workflow / "results/runs").iterdir()}
+    evals = {d.name for d in (workflow / "results/evals").iterdir()}
+    assert {p.stem for p in (workflow / "logs/benchmarks/finetune").iterdir()} == runs
+    assert {p.stem for p in (workflow / "logs/benchmarks/evaluate").iterdir()} == evals
+    table = pd.read_csv(next((workflow / "logs/benchmarks/finetune").iterdir()), sep="\t")
+    assert len(table) == 1 and table["s"].iloc[0] > 0 and table["max_rss"].iloc[0] > 0
+    # A results folder from before `benchmark:` has none: nothing reruns for it, not even a
+    # fine-tune asked for by its file (only a requested file's absence triggers a job).
+    saved = {p: p.read_bytes() for p in (workflow / "logs/benchmarks").rglob("*.tsv")}
+    for p in saved:
+        p.unlink()
+    assert "Nothing to be done" in snakemake(workflow, "-n").stdout
+    delta = f"results/runs/{sorted(runs)[0]}/delta.safetensors"
+    assert "Nothing to be done" in snakemake(workflow, "-n", delta).stdout
+    for p, data in saved.items():
+        p.write_bytes(data)
 
 
 def test_second_run_has_nothing_to_do(workflow):
@@ -111,9 +133,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("pattern", ["results/masks/*/mask.h5", "results/scores/*/scores.h5",
-                                     "results/probes/*/probes.parquet"])
-def test_rebuilt_intermediate_reruns_no_consumer(workflow, pattern):
+# scores.h5 again: its two shards (temp(), deleted after the first merge) and the merge
+@pytest.mark.parametrize("pattern, jobs", [("results/masks/*/mask.h5", 1), ("results/scores/*/scores.h5", 3),
+                                           ("results/probes/*/probes.parquet", 1)])
+def test_rebuilt_intermediate_reruns_no_consumer(workflow, pattern, jobs):
     """Delete an intermediate, ask for it again: the same bytes, and its consumers stay done
     (profiles/default: checksums of inputs up to 2 GB, so the newer mtime alone reruns nothing)."""
     path = sorted(workflow.glob(pattern))[0]
@@ -123,7 +146,7 @@ def test_rebuilt_intermediate_reruns_no_consumer(workflow, pattern):
     target = str(path.relative_to(workflow))  # before the options: --configfile takes every word after it
     proc = run(["snakemake", target, "--cores", "2", "--configfile", str(REDUCED)], workflow)
     counts = job_counts(proc.stdout + proc.stderr)  # a real run prints its job table on stderr
-    assert counts.get("total") == 1, counts
+    assert counts.get("total") == jobs, counts
     assert sha256(path) == before
     out = snakemake(workflow, "-n").stdout
     assert "Nothing to be done" in out, job_counts(out)
@@ -141,3 +164,51 @@ def test_list_changes_is_truthful(workflow):
     extra = override(workflow, "lr.yaml", "finetune:\n  train: {lr: 0.002}\n")
     assert "results/tables/summary.parquet" in changes(extra)
     assert not any(p.startswith(("results/masks", "results/scores", "results/probes")) for p in changes(extra))
+
+
+def test_corrupt_shard_is_rebuilt_alone(workflow):
+    """Shards are temp(): a merge that fails on a corrupt shard deletes none of them; the next run
+    rebuilds the corrupt one only, and the merged scores are the same bytes."""
+    import h5py
+
+    (scores,) = workflow.glob("results/scores/*/scores.h5")
+    before = sha256(scores)
+    scores.unlink()
+    shards = [scores.with_name(f"shard-{k}-of-2.h5") for k in range(2)]
+    run(["snakemake", *(str(p.relative_to(workflow)) for p in shards), "--cores", "2", "--configfile", str(REDUCED)],
+        workflow)
+    with h5py.File(shards[1], "r+") as f:  # a flipped value: the file opens, its checksum does not hold
+        f[next(iter(f.keys() - {"probe_indices"}))]["score_sum"][0, 0] += 1.0
+    target = [str(scores.relative_to(workflow)), "--cores", "2", "--configfile", str(REDUCED)]
+    failed = run(["snakemake", *target], workflow, check=False)
+    log = workflow / f"logs/merge/{scores.parent.name}.log"
+    assert failed.returncode != 0 and f"{shards[1].name}: corrupt score shard" in log.read_text()
+    assert shards[0].exists() and not shards[1].exists() and not scores.exists()
+    again = run(["snakemake", *target], workflow)
+    counts = job_counts(again.stdout + again.stderr)
+    assert counts.get("score_shard") == 1 and counts.get("merge_scores") == 1, counts
+    assert sha256(scores) == before and not any(p.exists() for p in shards)
+    shards[1].with_name(shards[1].name + ".corrupt").unlink()
+    assert "Nothing to be done" in snakemake(workflow, "-n").stdout
+
+
+def test_shards_have_one_cache_entry_each(workflow, tmp_path):
+    """Snakemake's --cache keys a job by its params, not its wildcards: the shard index is a param,
+    so the shards of one score spec are distinct entries and a cache hit restores the right one."""
+    import os
+
+    (scores,) = workflow.glob("results/scores/*/scores.h5")
+    shards = [str(scores.with_name(f"shard-{k}-of-2.h5").relative_to(workflow)) for k in range(2)]
+    cmd = ["snakemake", *shards, "--cache", "--cores", "2", "--configfile", str(REDUCED)]
+    env = dict(os.environ, SNAKEMAKE_OUTPUT_CACHE=str(tmp_path))
+    run(cmd, workflow, env=env)
+    entries = sorted(tmp_path.glob("*.h5"))
+    assert len(entries) == 2 and sha256(entries[0]) != sha256(entries[1])
+    targets = [os.path.realpath(workflow / s) for s in shards]
+    for s in shards:
+        (workflow / s).unlink()
+    hit = run(cmd, workflow, env=env)
+    assert hit.stderr.count("from cache") == 2
+    assert [os.path.realpath(workflow / s) for s in shards] == targets
+    for s in shards:
+        (workflow / s).unlink()

@@ -1,6 +1,6 @@
 # Continual learning (paper Appendix H): the `continual` config section's task sequence per
 # method, every step a chain link (dowser.continual). Target:
-#   snakemake --cores 2 --configfile configs/continual.yaml continual
+#   snakemake continual --cores 2 --configfile configs/continual.yaml
 # Artifacts live under results/continual/ (their specs name step models, not the base model,
 # so they never collide with the main grid's).
 # Specs and input functions: workflow/rules/common.smk (CONT, cont_*).
@@ -38,6 +38,8 @@ rule continual_probe:
         f"{CONT_DIR}/probes/{{probe}}/probes.parquet",
     log:
         "logs/continual/probe/{probe}.log",
+    benchmark:
+        "logs/benchmarks/continual_probe/{probe}.tsv"
     params:
         spec=lambda wc: cont_spec("probes", wc.probe),
         out=lambda wc: f"{CONT_DIR}/probes/{wc.probe}",
@@ -57,9 +59,11 @@ rule continual_score_shard:
         model=lambda wc: cont_model_dir(cont_artifact("scores", wc.score).model),
         probes=lambda wc: f"{CONT_DIR}/probes/{cont_artifact('scores', wc.score).probe}/probes.parquet",
     output:
-        f"{CONT_DIR}/scores/{{score}}/shard-{{k}}-of-{{n}}.h5",
+        temp(f"{CONT_DIR}/scores/{{score}}/shard-{{k}}-of-{{n}}.h5"),  # as score_shard's
     log:
         "logs/continual/score/{score}-{k}-of-{n}.log",
+    benchmark:
+        "logs/benchmarks/continual_score_shard/{score}-{k}-of-{n}.tsv"
     params:
         spec=lambda wc: cont_spec("scores", wc.score),
     threads: job_threads("score_shard")
@@ -125,6 +129,8 @@ rule continual_finetune:
         f"{CONT_DIR}/runs/{{run}}/delta.safetensors",
     log:
         "logs/continual/finetune/{run}.log",
+    benchmark:
+        "logs/benchmarks/continual_finetune/{run}.tsv"
     params:
         spec=lambda wc: cont_spec("runs", wc.run),
         mask=lambda wc, input: opts(input, mask="--mask"),
@@ -172,6 +178,8 @@ rule continual_evaluate:
         f"{CONT_DIR}/evals/{{eval}}/eval.json",
     log:
         "logs/continual/evaluate/{eval}.log",
+    benchmark:
+        "logs/benchmarks/continual_evaluate/{eval}.tsv"
     params:
         spec=lambda wc: cont_spec("evals", wc.eval),
         run=lambda wc, input: opt("--run", os.path.dirname(input.run) if "run" in input.keys() else None),

@@ -5,6 +5,8 @@ rule evaluate:
         "results/evals/{eval}/eval.json",
     log:
         "logs/evaluate/{eval}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{eval}.tsv"
     params:
         spec=lambda wc: spec_json("evals", wc.eval),
         run=lambda wc, input: opt("--run", os.path.dirname(input.run) if "run" in input.keys() else None),

@@ -11,6 +11,8 @@ rule finetune:
         "results/runs/{run}/delta.safetensors",
     log:
         "logs/finetune/{run}.log",
+    benchmark:
+        "logs/benchmarks/finetune/{run}.tsv"
     params:
         spec=lambda wc: spec_json("runs", wc.run),
         mask=lambda wc, input: opts(input, mask="--mask", parent="--parent"),

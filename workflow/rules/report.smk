@@ -40,7 +40,7 @@ rule report:
 
 # docs/results.md from the committed tables in docs/results/ (the protocol's runs, copied there
 # with `dowser report --evals <workdir>/results/evals/*/eval.json --out docs/results`):
-#   snakemake results_md
+#   snakemake results_md --cores 1
 rule results_md:
     localrule: True
     input:

@@ -53,14 +53,21 @@ def job_mem_mb(stage):
     return lambda wildcards, attempt: int(mb * (1 + 0.5 * (attempt - 1)))
 
 
+# The partition's time limit (config `cluster.max_runtime`, minutes; null: none): SLURM rejects
+# a job that asks for more, so no attempt asks for more.
+MAX_RUNTIME = (config.get("cluster") or {}).get("max_runtime")
+
+
 def job_runtime(stage):
-    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes resume)."""
+    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes resume), at
+    most MAX_RUNTIME."""
     _, _, _, base, per_b = JOB_SIZES[stage]
     minutes = base + per_b * MODEL_B
     if stage == "score_shard" and GRID.score is not None:
         minutes = max(30, minutes / GRID.score.shards)
     minutes = int(minutes)
-    return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
+    cap = MAX_RUNTIME or float("inf")
+    return lambda wildcards, attempt: int(min(minutes * 2 ** (attempt - 1), cap))
 
 
 def gpu_count(resources):
@@ -80,5 +87,8 @@ def finetune_launcher(wildcards, resources):
     """`dowser`, or accelerate launch with one process per GPU when the job has several."""
     n = gpu_count(resources)
     if n > 1:
-        return f"accelerate launch --multi_gpu --num_machines 1 --num_processes {n} --dynamo_backend no -m dowser.cli"
+        # a rendezvous port per job: accelerate's default 29500 collides when SLURM puts two
+        # multi-GPU fine-tunes on one node (dowser.launch; the shell of the job evaluates it)
+        return (f"accelerate launch --multi_gpu --num_machines 1 --num_processes {n}"
+                " --main_process_port $(python -m dowser.launch port) --dynamo_backend no -m dowser.cli")
     return "dowser"

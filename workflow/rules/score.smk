@@ -2,12 +2,17 @@ rule score_shard:
     input:
         unpack(get_score_inputs),
     output:
-        "results/scores/{score}/shard-{k}-of-{n}.h5",
+        # temp(): a shard exists only for the merge (LLaVA-1.5-7B: 25.9 GB each), deleted once
+        # scores.h5 is written; a failed merge (a corrupt shard moved aside) keeps the others
+        temp("results/scores/{score}/shard-{k}-of-{n}.h5"),
     log:
         "logs/score/{score}-{k}-of-{n}.log",
     params:
         spec=lambda wc: spec_json("score", wc.score),
         src=lambda wc, input: opts(input, probes="--probes", data="--data"),
+        # a param, not only a wildcard: Snakemake's cache key hashes params but not wildcards, so
+        # without it every shard of a score spec had one cache entry (shard 1 restored shard 0's)
+        shard=lambda wc: int(wc.k),
     cache: "omit-software"
     threads: job_threads("score_shard")
     resources:
@@ -18,7 +23,7 @@ rule score_shard:
         "../../envs/dowser.yaml"
     shell:
         "dowser score --spec {params.spec:q} --model {input.model} {params.src}"
-        " --shard {wildcards.k} --out {output} > {log} 2>&1"
+        " --shard {params.shard} --out {output} > {log} 2>&1"
 
 
 rule merge_scores:

@@ -16,7 +16,11 @@ rule data:
         "dowser data --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
+# A hub model (or a local folder) is fetched by the Snakemake process itself, on the node it was
+# started from: compute nodes are often offline, and a download needs no GPU. The world's base
+# model is built (or pretrained) as a job like any other stage.
 rule model:
+    localrule: GRID.model.source == "hub"
     input:
         data=DATA_DIR if GRID.data else [],
     output:
