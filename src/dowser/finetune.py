@@ -49,7 +49,7 @@ from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
 from dowser.sparse import delta_state, dense_extras, fp32_masters, load_delta_state, trainable_table
-from dowser.spec import TrainConfig  # noqa: F401  (re-exported: dowser.posthoc reads it here)
+from dowser.spec import TrainConfig  # dowser.posthoc reads it here too
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -68,10 +68,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
 
 
-def training_rows(task: str, data_root: Path, limit: int):
+def training_rows(task: str, data_root: Path, cfg: TrainConfig):
+    """The recipe's `train_samples` rows of the task's train split (`cfg.subset`, seeded by `cfg.seed`)."""
     from dowser.tasks import training_split
 
-    return read_rows(training_split(task, data_root), limit=limit)
+    return read_rows(training_split(task, data_root), limit=cfg.train_samples, subset=cfg.subset, seed=cfg.seed)
 
 
 class GlobalBatches(torch.utils.data.Sampler):
@@ -152,7 +153,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     if main:
         write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
 
-    data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg.train_samples))
+    data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg))
     sampler = GlobalBatches(len(data), cfg.batch_size, cfg.epochs, cfg.seed, 0, acc.process_index, acc.num_processes)
     total = math.ceil(sampler.total / cfg.grad_accum)  # optimizer steps
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
