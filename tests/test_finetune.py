@@ -31,7 +31,7 @@ def test_killed_run_resumes_to_the_same_weights(world, tmp_path, method):
     assert train(world, tmp_path / "b", spec=spec, stop_after=4) == {"stopped_at": 4}
     ckpt = tmp_path / "b/checkpoint"
     # safetensors + JSON only: nothing a loader would unpickle (issue 9)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["rng.0.safetensors", "state.json", "state.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["rng.0.safetensors", "state.0.safetensors", "state.json"]
     assert not (tmp_path / "b/delta.safetensors").exists()
     train(world, tmp_path / "b", spec=spec)
     assert deltas_equal(tmp_path / "a", tmp_path / "b")

@@ -166,25 +166,6 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.cpu().clone()
 
 
-def shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """A full tensor laid out as `p` is: this process's shard (a DTensor) under FSDP, else itself.
-    A collective under FSDP: every process calls it, in the same order."""
-    if hasattr(p, "device_mesh") and tuple(value.shape) == tuple(p.shape):
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
-    return value
-
-
-def load_into(p: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy a full tensor into a parameter (or into this process's shard of it)."""
-    value = shard_like(p, value.to(p.dtype))
-    if hasattr(value, "to_local"):
-        p.to_local().copy_(value.to_local())
-    else:
-        p.copy_(value.to(p.device))
-
-
 def unshard_all(model) -> None:
     """Gather every FSDP shard back into whole parameters (end of training: the delta and a
     post-train step read whole weights). A collective; no-op without FSDP."""
