@@ -236,6 +236,16 @@ def checkpoint_rank(d: Path, hidden: int, layers: int, ffn: int) -> dict:
             "bit_exact": exact and moved, "files": sorted(f.name for f in d.iterdir())}
 
 
+def code_version() -> str:
+    """The dowser checkout a run imports (PYTHONPATH's first entry, else the installed one) and its commit."""
+    import importlib.util
+
+    src = Path(importlib.util.find_spec("dowser").origin).parents[1]
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True, text=True)
+    return f"{src} {head.stdout.strip()}{' (modified)' if dirty.stdout.strip() else ''}"
+
+
 def checkpoint(hidden: int, layers: int, ffn: int, python_path: str | None = None) -> list[dict]:
     """Launch the 2-process job; one dict per process (checkpoint_rank's)."""
     # glibc serves large blocks by mmap and returns them on free (no dynamic threshold): RSS follows
@@ -290,7 +300,7 @@ def main():
             "goal": "per process: save_peak and resume_peak <= shard_bytes + module_bytes",
             "job": "2 gloo processes, FSDP2, Llama decoder, every weight trainable, AdamW after one step"})
         section["shape"] = {"hidden": args.hidden, "layers": args.layers, "ffn": args.ffn}
-        section[args.label] = rows
+        section[args.label] = {"code": code_version(), "processes": rows}
         OUT.write_text(json.dumps(doc, indent=2) + "\n")
         return
     tmp = None if args.dir else tempfile.mkdtemp()
