@@ -179,6 +179,55 @@ def stage(name: str, d: Path, blocks: int) -> dict:
     return {"stage": name, "seconds": seconds, "baseline_rss": base, "peak_rss": peak}
 
 
+# ---------------------------------------------------------------- the training rows (data.read_rows)
+
+
+def sorted_split(path: Path, classes: int, per_class: int, image_bytes: int = 8, group: int = 100) -> Path:
+    """A train split sorted by class (answer `class<k>`), incompressible images of `image_bytes`,
+    `group` rows per row group as prepare-data writes them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = classes * per_class
+    noise = np.random.default_rng(0)
+    table = pa.table({"id": [f"r{i:07d}" for i in range(n)],
+                      "image": [{"bytes": noise.bytes(image_bytes), "path": None} for _ in range(n)],
+                      "question": ["what is it?"] * n, "answer": [f"class{i // per_class}" for i in range(n)]})
+    pq.write_table(table, path, row_group_size=group)
+    return path
+
+
+def read_rows_rank(path: Path, n: int) -> dict:
+    """Peak RSS (bytes above the RSS before the call) of reading the `n` training rows of `path`
+    with the imported dowser: a seeded random subset where read_rows has one, else the first rows
+    (the reader before issue 17). The file's first row group is read and converted beforehand,
+    the same for every reader: imports and arrow's memory pool set up (~17 MiB the first time)."""
+    import inspect
+
+    import pyarrow.parquet as pq
+
+    from dowser.data import read_rows
+
+    subset = "subset" in inspect.signature(read_rows).parameters
+    pq.ParquetFile(path).read_row_group(0).to_pandas()
+    base = reset_peak()
+    rows = read_rows(path, n, "random", 0) if subset else read_rows(path, n)
+    return {"rows": len(rows), "classes": int(rows["answer"].nunique()), "peak": rss_peak() - base,
+            "rule": "random" if subset else "first"}
+
+
+def read_rows_peak(path: Path, n: int, python_path: str | None = None) -> dict:
+    """read_rows_rank in a fresh process (nothing else read before)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",  # as checkpoint()
+           **({"PYTHONPATH": python_path} if python_path else {})}
+    proc = subprocess.run([sys.executable, __file__, "--read-rows-rank", "--dir", str(path), "--rows", str(n)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"read_rows failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------- the fine-tune checkpoint (2 processes)
 
 
@@ -281,7 +330,29 @@ def main():
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--ffn", type=int, default=2816)
     ap.add_argument("--checkpoint-rank", action="store_true", help=argparse.SUPPRESS)  # internal: one process
+    ap.add_argument("--read-rows", action="store_true", help="measure data.read_rows on class-sorted splits "
+                    "(--rows of 2000 and of 20000, 20 kB images); key read_rows[--label] of the JSON")
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--read-rows-rank", action="store_true", help=argparse.SUPPRESS)  # internal: one process
     args = ap.parse_args()
+    if args.read_rows_rank:
+        print(json.dumps(read_rows_rank(args.dir, args.rows)))
+        return
+    if args.read_rows:
+        out = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for total in (2000, 20000):
+                path = sorted_split(Path(tmp) / f"{total}.parquet", 10, total // 10, image_bytes=20_000)
+                r = {"file_rows": total, "file_bytes": path.stat().st_size, **read_rows_peak(path, args.rows)}
+                print(f"{r['rows']} of {total} rows ({r['rule']}): peak {r['peak'] / 2**20:.1f} MiB, "
+                      f"{r['classes']} of 10 classes", flush=True)
+                out.append(r)
+        doc = json.loads(OUT.read_text()) if OUT.exists() else {}
+        section = doc.setdefault("read_rows", {"job": "rows of a train split sorted by class (10 classes), 20 kB "
+                                               "images, 100 rows per row group; peak RSS above the RSS before"})
+        section[args.label] = {"code": code_version(), "reads": out}
+        OUT.write_text(json.dumps(doc, indent=2) + "\n")
+        return
     if args.stage:
         print(json.dumps(stage(args.stage, args.dir, args.blocks)))
         return
@@ -358,8 +429,9 @@ def main():
     }
     if OUT.exists():  # a run of some stages keeps the other stages' rows of the same size
         old = json.loads(OUT.read_text())
-        if "checkpoint" in old:
-            doc["checkpoint"] = old["checkpoint"]
+        for key in ("checkpoint", "read_rows"):
+            if key in old:
+                doc[key] = old[key]
         if old.get("blocks") == args.blocks:
             done = {r["stage"] for r in results}
             doc["results"] = [r for r in old["results"] if r["stage"] not in done] + results
