@@ -99,6 +99,13 @@ def test_incomplete_or_old_checkpoints(tmp_path):
     assert torch.equal(pieces.read("param.0", (3, 5), (4, 0)), t[4:7])
 
 
+def test_read_into_a_tensor_of_another_dtype_is_refused(tmp_path):
+    pieces = Pieces(write_ranks(tmp_path, TENSORS, 1))
+    with pytest.raises(ValueError, match=r"^checkpoint: param.1 is torch.bfloat16 here, read into torch.float32 "
+                                         r"\[9\]$"):
+        pieces.read("param.1", (9,), (0,), out=torch.empty(9))
+
+
 def _host_memory():
     spec = importlib.util.spec_from_file_location(
         "host_memory", Path(__file__).resolve().parents[1] / "benchmarks" / "host_memory.py")
@@ -123,3 +130,4 @@ def test_two_fsdp_processes_save_and_resume_within_their_shard():
         bound = r["shard_bytes"] + r["module_bytes"]
         assert r["save_peak"] <= bound and r["resume_peak"] <= bound, r
         assert r["save_peak"] < r["shard_bytes"] / 4, r  # nothing gathered, nothing serialised whole
+

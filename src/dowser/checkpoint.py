@@ -93,6 +93,17 @@ def _box(t: torch.Tensor) -> tuple[torch.Tensor, tuple, tuple]:
     return t, tuple(t.shape), (0,) * t.dim()
 
 
+def _writes(t: torch.Tensor, main: bool) -> bool:
+    """Whether this process writes `t`: its shard of a DTensor (one replica's, where a mesh
+    dimension replicates), a whole tensor on the main process only (every process holds it)."""
+    if not hasattr(t, "device_mesh"):
+        return main
+    from torch.distributed.tensor import Replicate
+
+    coordinate = t.device_mesh.get_coordinate() or []
+    return all(c == 0 for c, p in zip(coordinate, t.placements) if isinstance(p, Replicate))
+
+
 class Pieces:
     """Every piece of every tensor in a checkpoint's state files (headers only), read by box."""
 
@@ -121,6 +132,8 @@ class Pieces:
         """The box (shape at offset) of a global tensor, read from the pieces that overlap it
         (rows of a piece are contiguous bytes: only the overlapping rows are read)."""
         dtype = self.dtype(name)
+        if out is not None and (out.dtype != dtype or tuple(out.shape) != tuple(shape)):
+            raise ValueError(f"checkpoint: {name} is {dtype} here, read into {out.dtype} {list(out.shape)}")
         out = torch.empty(shape, dtype=dtype) if out is None else out.detach()  # numpy() refuses a grad leaf
         filled = 0
         for path, start, entry, _, poff in self.index[name]:
@@ -192,8 +205,8 @@ def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, m
         named += [(f"method.{key}.{j}", v) for j, v in enumerate(values)]
     items, boxes = [], {}
     for name, t in named:
-        local, shape, offset = _box(t)
-        if hasattr(t, "device_mesh") or acc.is_main_process:  # a whole tensor: every process holds it
+        if _writes(t, acc.is_main_process):
+            local, shape, offset = _box(t)
             items.append((name, local))
             boxes[name] = [list(shape), list(offset)]
     write_tensors(tmp / f"state.{rank}.safetensors", items, {"boxes": json.dumps(boxes)})
