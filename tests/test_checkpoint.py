@@ -4,7 +4,6 @@ with 2 FSDP processes each one's peak RSS while saving and resuming within its s
 module (issue 17). The exact resume of every method: tests/test_finetune.py and, under FSDP,
 tests/test_finetune_distributed.py."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -106,22 +105,14 @@ def test_read_into_a_tensor_of_another_dtype_is_refused(tmp_path):
         pieces.read("param.1", (9,), (0,), out=torch.empty(9))
 
 
-def _host_memory():
-    spec = importlib.util.spec_from_file_location(
-        "host_memory", Path(__file__).resolve().parents[1] / "benchmarks" / "host_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.distributed
-def test_two_fsdp_processes_save_and_resume_within_their_shard():
+def test_two_fsdp_processes_save_and_resume_within_their_shard(host_memory):
     """2 gloo processes, FSDP2, a 4-block Llama decoder (12.9M parameters, every one trainable, one
     AdamW step: 74 MiB of parameters and moments per process, the largest parameter 2.7 MiB). Peak
     RSS above the RSS before the call (benchmarks/host_memory.py, large blocks mmap'd so freed
     pages do not hide a peak). Measured: save 0.3 MiB, resume 50 MiB (the Adam moments, allocated);
     before issue 17: save 150 MiB on both processes (every tensor gathered), resume 198 MiB on rank 0."""
-    rows = _host_memory().checkpoint(hidden=512, layers=4, ffn=1376)
+    rows = host_memory.checkpoint(hidden=512, layers=4, ffn=1376)
     for r in rows:
         assert r["bit_exact"], r
         assert r["files"] == ["rng.0.safetensors", "rng.1.safetensors", "state.0.safetensors",

@@ -2,9 +2,6 @@
 samples tokenised one at a time (the path for data too large to keep). The rows a run reads
 (`read_rows`): a seeded subset in proportion to a sorted file's classes, streamed."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
@@ -44,18 +41,10 @@ def test_collated_samples_equal_the_processor_batch():
 # --- read_rows: the rows a run reads, streamed from the parquet file
 
 
-def _host_memory():
-    spec = importlib.util.spec_from_file_location(
-        "host_memory", Path(__file__).resolve().parents[1] / "benchmarks" / "host_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_random_subset_covers_sorted_classes_in_proportion(tmp_path):
+def test_random_subset_covers_sorted_classes_in_proportion(tmp_path, host_memory):
     from dowser.data import read_rows
 
-    path = _host_memory().sorted_split(tmp_path / "sorted.parquet", classes=10, per_class=200)
+    path = host_memory.sorted_split(tmp_path / "sorted.parquet", classes=10, per_class=200)
     whole = pd.read_parquet(path)
     first = read_rows(path, 500, "first")
     assert first.equals(whole.iloc[:500]) and first["answer"].nunique() == 3  # the old rule: 3 of 10 classes
@@ -73,21 +62,20 @@ def test_random_subset_covers_sorted_classes_in_proportion(tmp_path):
         read_rows(path, 10, "last")
 
 
-def test_missing_column_is_named_before_any_row_is_read(tmp_path):
+def test_missing_column_is_named_before_any_row_is_read(tmp_path, host_memory):
     from dowser.data import read_rows
 
-    path = _host_memory().sorted_split(tmp_path / "a.parquet", 2, 5)
+    path = host_memory.sorted_split(tmp_path / "a.parquet", 2, 5)
     pd.read_parquet(path).drop(columns=["question"]).to_parquet(tmp_path / "b.parquet")
     with pytest.raises(ValueError, match=r"b.parquet: missing column\(s\) question$"):
         read_rows(tmp_path / "b.parquet", 3)
 
 
-def test_reading_n_of_m_rows_holds_n_rows_not_m(tmp_path):
+def test_reading_n_of_m_rows_holds_n_rows_not_m(tmp_path, host_memory):
     """Peak RSS of a fresh process reading 100 rows of 400 and of 4000 (16 kB images, 100 rows per
     group; benchmarks/host_memory.py): the reader holds the kept rows and one batch, so the 10x
     larger file costs no more. Measured: 8.8 and 9.9 MiB; a whole-file read (the reader before
     issue 17): 40 and 209 MiB."""
-    host_memory = _host_memory()
     peaks = {}
     for classes in (4, 40):
         path = host_memory.sorted_split(tmp_path / f"{classes}.parquet", classes, 100, image_bytes=16_000)
