@@ -278,7 +278,8 @@ def checkpoint_rank(d: Path, hidden: int, layers: int, ffn: int) -> dict:
     base = reset_peak()
     load_checkpoint(d, params2, opt2, sched2, method, acc2.process_index)
     load = rss_peak() - base
-    exact = all(torch.equal(local(a), local(b)) for a, b in zip(params + state(opt, params), params2 + state(opt2, params2)))
+    saved, resumed = params + state(opt, params), params2 + state(opt2, params2)
+    exact = all(torch.equal(local(a), local(b)) for a, b in zip(saved, resumed))
     moved = not all(torch.equal(local(a), local(b)) for a, b in zip(params, build(1)[4]))  # a resume had work to do
     return {"rank": acc.process_index, "shard_bytes": shard, "module_bytes": max(p.numel() * 4 for p in params),
             "params": sum(p.numel() for p in params), "save_peak": save, "resume_peak": load,

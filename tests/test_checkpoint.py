@@ -85,6 +85,14 @@ def test_incomplete_or_old_checkpoints(tmp_path):
     with pytest.raises(ValueError, match=r"incomplete checkpoint, missing state.1.safetensors$"):
         state_files(tmp_path, 2)
     pieces = Pieces([tmp_path / "state.0.safetensors"])
+    # a cut or garbled file fails when its header is read, before any tensor is loaded
+    data = (tmp_path / "state.0.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match=r"cut.safetensors: truncated checkpoint file \(\d+ bytes, the header needs"):
+        Pieces([tmp_path / "cut.safetensors"])
+    (tmp_path / "garbled.safetensors").write_bytes(data[:8] + b"x" * (len(data) - 8))
+    with pytest.raises(ValueError, match=r"garbled.safetensors: corrupt checkpoint header$"):
+        Pieces([tmp_path / "garbled.safetensors"])
     with pytest.raises(ValueError, match=r"^checkpoint: the pieces of param.0 cover 20 of the 35 entries"):
         pieces.read("param.0", (7, 5), (0, 0))
     with pytest.raises(ValueError, match=r"^checkpoint: no tensor param.7$"):

@@ -68,16 +68,22 @@ def write_tensors(path: Path, items: list[tuple[str, torch.Tensor]], metadata: d
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """(header, byte position where the data starts) of a safetensors file."""
+    """(header, byte position where the data starts) of a safetensors file, checked against the
+    file's size: a truncated or garbled file fails here, before anything is loaded."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise ValueError(f"{path}: truncated checkpoint file")
         (n,) = struct.unpack("<Q", head)
         try:
-            return json.loads(f.read(n)), 8 + n
-        except ValueError:
+            header = json.loads(f.read(n))
+            end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
             raise ValueError(f"{path}: corrupt checkpoint header") from None
+    if path.stat().st_size != 8 + n + end:
+        raise ValueError(f"{path}: truncated checkpoint file ({path.stat().st_size} bytes, the header needs "
+                         f"{8 + n + end})")
+    return header, 8 + n
 
 
 # ---------------------------------------------------------------- pieces of global tensors
@@ -269,7 +275,8 @@ def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[
             py = f.metadata()["python"]
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and "cuda.0" in rng:
-            torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
+            cuda = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
+            torch.cuda.set_rng_state_all(cuda)
         version, internal, gauss = json.loads(py)
         random.setstate((version, tuple(internal), gauss))
     return meta["step"], meta["log"]
