@@ -31,7 +31,7 @@ def test_killed_run_resumes_to_the_same_weights(world, tmp_path, method):
     assert train(world, tmp_path / "b", spec=spec, stop_after=4) == {"stopped_at": 4}
     ckpt = tmp_path / "b/checkpoint"
     # safetensors + JSON only: nothing a loader would unpickle (issue 9)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["rng.0.safetensors", "state.json", "state.safetensors"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["rng.0.safetensors", "state.0.safetensors", "state.json"]
     assert not (tmp_path / "b/delta.safetensors").exists()
     train(world, tmp_path / "b", spec=spec)
     assert deltas_equal(tmp_path / "a", tmp_path / "b")
@@ -183,7 +183,7 @@ def test_checkpoint_files_honour_umask(world, tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "checkpoint").iterdir()}
-    assert modes == {"rng.0.safetensors": 0o664, "state.json": 0o664, "state.safetensors": 0o664}  # not 0600
+    assert modes == {"rng.0.safetensors": 0o664, "state.json": 0o664, "state.0.safetensors": 0o664}  # not 0600
     assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == 0o775
 
 
@@ -191,7 +191,7 @@ def test_corrupt_checkpoint_is_moved_aside_and_the_run_starts_over(world, tmp_pa
     train(world, tmp_path / "whole", "dowser")
     train(world, tmp_path / "b", "dowser", stop_after=2)
     ckpt = tmp_path / "b/checkpoint"
-    (ckpt / "state.safetensors").write_bytes((ckpt / "state.safetensors").read_bytes()[:100])  # cut short
+    (ckpt / "state.0.safetensors").write_bytes((ckpt / "state.0.safetensors").read_bytes()[:100])  # cut short
     capsys.readouterr()
     train(world, tmp_path / "b", "dowser")  # no traceback: from step 0, the last good state
     err = capsys.readouterr().err

@@ -5,7 +5,8 @@ and under FSDP (`--sharding fsdp`), for every training path: masked sparse value
 masked method -- random, magnitude, wanda, the controls -- trains through the same code, only its
 mask file differs), dense weights (full), dense with per-step gating state (spider) and peft
 adapters merged after training (lora). Under FSDP only rank 0 reads the checkpoint (rank 1 builds
-the model on the meta device; prepare broadcasts). A killed FSDP run resumes bit for bit.
+the model on the meta device; prepare broadcasts). A killed FSDP run resumes bit for bit, and
+one process resumes a 2-process FSDP checkpoint.
 
 Runtime: the 2-process runs share two launches (all runs, then the resumes of the killed ones),
 so the interpreter and process-group start-up is paid twice, not once per case; each case's
@@ -116,6 +117,7 @@ def two(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     jobs = [["cli", argv(world, CASES[c], root / f"{c}-{s}", s)] for c, s in RUNS]
     jobs += [["kill", CASES[c], str(root / f"{c}-split"), "fsdp"] for c in RESUME]
+    jobs += [["kill", CASES["full"], str(root / "full-to-one"), "fsdp"]]  # resumed by 1 process below
     jobs += [["cli-all-read", argv(world, CASES["full"], root / "full-all-read", "fsdp")]]
     jobs += [["cli-buffer", argv(world, CASES["full"], root / "full-buffer", "fsdp")]]
     first = launch(world, root, 2, jobs)
@@ -200,6 +202,26 @@ def test_killed_fsdp_run_resumes_bit_for_bit(two, case):
     assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in b)
     assert log(split) == log(whole)
     assert len(log(split)) == 6 > KILL_AT
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(world, reference, two, capsys):
+    """A checkpoint of 2 FSDP processes (each its own rows of every weight and moment) resumed by one
+    unsharded process, which reads both files' pieces: it finishes the run the 1-process reference
+    trains (2 processes sum in another order: fp32 tolerance, as above)."""
+    root, first, _, _ = two
+    out = root / "full-to-one"
+    assert sorted(p.name for p in (out / "checkpoint").glob("state.*")) == [
+        "state.0.safetensors", "state.1.safetensors", "state.json"], first.stderr[-3000:]
+    train(world, out, spec=CASES["full"])
+    assert "at step 4/6" in capsys.readouterr().out  # resumed, not trained again from step 0
+    two_log, one_log = log(out), log(reference("full"))
+    assert two_log[:KILL_AT] == log(root / "full-fsdp")[:KILL_AT]  # the steps the 2 processes ran
+    assert [r["lr"] for r in two_log] == [r["lr"] for r in one_log] and len(two_log) == 6
+    assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one_log], rel=1e-5)
+    a, b = load_file(reference("full") / "delta.safetensors"), load_file(out / "delta.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5, msg=lambda m: f"{k}: {m}")
 
 
 @pytest.mark.gpu

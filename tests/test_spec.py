@@ -97,7 +97,7 @@ def test_spelling_defaults_out_changes_no_id():
 
     base = build_grid(CONFIG)
     defaults = {f: getattr(TrainConfig(), f) for f in ("grad_accum", "warmup_ratio", "max_grad_norm",
-                                                        "mixed_precision")}
+                                                        "mixed_precision", "subset")}
     train = {**CONFIG["finetune"]["train"], **defaults, "lr": 0.01, "epochs": 6}  # config.yaml's
     spelled = cfg(finetune__train=train, model__dtype="float32")
     assert all_ids(build_grid(spelled)) == all_ids(base)
@@ -131,6 +131,17 @@ def test_score_shards_stay_in_the_score_id():
 def test_unknown_train_key():
     with pytest.raises(ValueError, match=r"^finetune.train.checkpoint: unknown key$"):
         build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "checkpoint": 5}))
+
+
+def test_train_subset_is_random_or_first():
+    from dowser.spec import TrainConfig
+
+    assert TrainConfig().subset == "random" and TrainConfig.from_dict({"subset": "first"}).subset == "first"
+    with pytest.raises(ValueError, match=r"^finetune.train.subset: 'last' is not one of random, first$"):
+        build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "subset": "last"}))
+    # another rule is another run (its rows differ once the split is larger than train_samples)
+    first = build_grid(cfg(finetune__train={**CONFIG["finetune"]["train"], "subset": "first"}))
+    assert not set(first.runs) & set(build_grid(CONFIG).runs)
 
 
 def test_train_config_roundtrip_fills_defaults():

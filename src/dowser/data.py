@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -27,12 +28,53 @@ def user_prompt(processor, question: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def read_rows(path, limit: int | None = None) -> pd.DataFrame:
-    df = pd.read_parquet(path)
-    missing = {"image", "question", "answer"} - set(df.columns)
+SUBSETS = ("random", "first")  # finetune.train.subset
+SUBSET_STREAM = 0x5EB5E7  # mixed into the seed: the subset's draw is no other stream's (epoch order, masks)
+
+
+def subset_indices(n: int, limit: int | None, subset: str, seed: int) -> np.ndarray:
+    """Which of a file's `n` rows a run reads, in file order: all when `limit` is None or >= n; else
+    the first `limit` ("first") or a uniform sample of `limit` drawn from `seed` ("random", so a
+    file sorted by class gives a subset with every class in proportion)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset {subset!r} is not one of {', '.join(SUBSETS)}")
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if subset == "first":
+        return np.arange(limit)
+    return np.sort(np.random.default_rng([SUBSET_STREAM, seed]).permutation(n)[:limit])
+
+
+def read_rows(path, limit: int | None = None, subset: str = "first", seed: int = 0,
+              batch_rows: int = 64) -> pd.DataFrame:
+    """The rows `subset_indices` names of a parquet split, in file order, index 0..k-1. Streamed
+    `batch_rows` at a time, only from the row groups that hold a kept row: besides the kept rows
+    it holds one batch's frame and the parquet reader's buffers, never the whole file
+    (`benchmarks/host_memory.py --read-rows`)."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    missing = {"image", "question", "answer"} - set(f.schema_arrow.names)
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return df if limit is None else df.iloc[:limit]
+    keep = subset_indices(f.metadata.num_rows, limit, subset, seed)
+    parts, start = [], 0
+    for g in range(f.metadata.num_row_groups):
+        size = f.metadata.row_group(g).num_rows
+        lo, hi = np.searchsorted(keep, [start, start + size])
+        if hi > lo:
+            offset = start
+            for batch in f.iter_batches(batch_size=batch_rows, row_groups=[g]):
+                a, b = np.searchsorted(keep, [offset, offset + batch.num_rows])
+                if b > a:  # cut from the batch's frame: arrow's take held 4x more (100 of 400 rows: 22 vs 5 MiB)
+                    parts.append(batch.to_pandas().iloc[keep[a:b] - offset])
+                offset += batch.num_rows
+        start += size
+        if start > keep[-1:].max(initial=-1):  # past the last kept row
+            break
+    if not parts:
+        return f.schema_arrow.empty_table().to_pandas()
+    return pd.concat(parts, ignore_index=True)
 
 
 def sft_batch(processor, rows: pd.DataFrame) -> dict[str, torch.Tensor]:

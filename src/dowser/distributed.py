@@ -21,7 +21,8 @@ Arithmetic (LLaVA-1.5-7B, 7.06e9 parameters, bf16: 14.1 GB): a copy per process 
 trainable set (Full-FT of all 32 blocks' linears: +13 GB each, 8 x 27 = 216 GB); one copy per
 job is 14.1 GB (+ its masters) on rank 0's node. The
 fine-tune loop reads weight values before prepare (||W0||) on rank 0 only, and everything it
-does to the model before prepare (masks, adapters, masters) holds for meta tensors.
+does to the model before prepare (masks, adapters, masters) holds for meta tensors. A resumable
+checkpoint is written and read per process, each its own shard (`dowser.checkpoint`).
 """
 
 from __future__ import annotations
@@ -156,33 +157,6 @@ def prepare(acc, model, opt):
 def unwrap_params(opt) -> list:
     """The trainable parameters as the (prepared) optimizer holds them: FSDP replaces them by shards."""
     return [p for group in opt.param_groups for p in group["params"]]
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor (gathered from its shards under FSDP; a collective: every process calls it)."""
-    t = t.detach()
-    if hasattr(t, "full_tensor"):
-        t = t.full_tensor()
-    return t.cpu().clone()
-
-
-def shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """A full tensor laid out as `p` is: this process's shard (a DTensor) under FSDP, else itself.
-    A collective under FSDP: every process calls it, in the same order."""
-    if hasattr(p, "device_mesh") and tuple(value.shape) == tuple(p.shape):
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
-    return value
-
-
-def load_into(p: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy a full tensor into a parameter (or into this process's shard of it)."""
-    value = shard_like(p, value.to(p.dtype))
-    if hasattr(value, "to_local"):
-        p.to_local().copy_(value.to_local())
-    else:
-        p.copy_(value.to(p.device))
 
 
 def unshard_all(model) -> None:

@@ -20,9 +20,9 @@ samples per step as one; `sharding` ("auto": FSDP when several GPUs) is a runtim
 Samples are tokenised once (`dowser.data.SFTSamples`) and, where they fit, the frozen blocks
 below the last L run once per sample (`dowser.prefix`), not once per epoch.
 
-Resume: a checkpoint (safetensors + JSON, no pickle) every `checkpoint_every` optimizer
-steps holds the fp32 masters, optimizer and method state, the schedule, the log and each
-process's RNG state; data order is a pure function of (seed, epoch), so a killed run
+Resume: a checkpoint (`dowser.checkpoint`: safetensors + JSON, no pickle; each process writes
+and reads only its own shard) every `checkpoint_every` optimizer steps holds the fp32 masters,
+optimizer and method state, the schedule, the log and each process's RNG state; data order is a pure function of (seed, epoch), so a killed run
 resumes to the same weights bit for bit. Result: `delta.safetensors` (only the trainable
 entries, or the dense fp32 weights of the trainable modules), metrics.jsonl (one row per
 optimizer step) and run.json (`update_norm_ratio` = ||dW|| / ||W0|| pooled over every trainable
@@ -35,7 +35,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import sys
 import time
 from functools import partial
@@ -45,13 +44,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dowser.artifacts import atomic_path, honour_umask, write_json, write_spec
+from dowser.artifacts import atomic_path, write_json, write_spec
+from dowser.checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from dowser.data import Indexed, SFTSamples, answer_tokens, collate, read_rows
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
 from dowser.sparse import delta_state, dense_extras, fp32_masters, load_delta_state, trainable_table
-from dowser.spec import TrainConfig  # noqa: F401  (re-exported: dowser.posthoc reads it here)
+from dowser.spec import TrainConfig  # dowser.posthoc reads it here too
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -70,10 +70,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
 
 
-def training_rows(task: str, data_root: Path, limit: int):
+def training_rows(task: str, data_root: Path, cfg: TrainConfig):
+    """The recipe's `train_samples` rows of the task's train split (`cfg.subset`, seeded by `cfg.seed`)."""
     from dowser.tasks import training_split
 
-    return read_rows(training_split(task, data_root), limit=limit)
+    return read_rows(training_split(task, data_root), limit=cfg.train_samples, subset=cfg.subset, seed=cfg.seed)
 
 
 class GlobalBatches(torch.utils.data.Sampler):
@@ -150,7 +151,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg.train_samples))
+    data = SFTSamples(processor, training_rows(spec["task"], Path(data_root), cfg))
     sampler = GlobalBatches(len(data), cfg.batch_size, cfg.epochs, cfg.seed, 0, acc.process_index, acc.num_processes)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the data checks: a refused run leaves no files
     if main:
@@ -328,95 +329,6 @@ def update_norm_ratio(base: dict, state: dict) -> float:
             change += float((state[f"{name}.weight"].double() - w0.double()).pow(2).sum())
     norm = sum(sq for _, sq in base.values())
     return math.sqrt(change / norm) if norm > 0 else float("nan")
-
-
-def save_checkpoint(ckpt: Path, acc, params, opt, sched, step: int, log: list, method_state: dict) -> None:
-    """safetensors + JSON, written beside and renamed into place; every process its own RNG file."""
-    from dowser.distributed import full_tensor
-
-    tmp = ckpt.parent / f".{ckpt.name}.tmp"
-    if acc.is_main_process:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / f"rng.{acc.process_index}.safetensors"),
-              metadata={"python": json.dumps(random.getstate())})
-    honour_umask(tmp / f"rng.{acc.process_index}.safetensors")  # safetensors creates files 0600
-    tensors = {f"param.{i}": full_tensor(p) for i, p in enumerate(params)}  # collective under FSDP
-    opt_state = opt.state_dict()
-    scalars = {}
-    for i, entry in opt_state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{i}.{key}"] = full_tensor(value)
-            else:
-                scalars[f"{i}.{key}"] = value
-    for key, values in method_state.items():
-        tensors.update({f"method.{key}.{j}": full_tensor(v) for j, v in enumerate(values)})
-    if acc.is_main_process:
-        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-        honour_umask(tmp / "state.safetensors")
-        write_json(tmp / "state.json", {"step": step, "log": log, "scheduler": sched.state_dict(),
-                                        "param_groups": opt_state["param_groups"], "optimizer_scalars": scalars,
-                                        "processes": acc.num_processes})
-        if ckpt.exists():
-            import shutil
-
-            shutil.rmtree(ckpt)
-        tmp.rename(ckpt)
-    acc.wait_for_everyone()
-
-
-class UnreadableCheckpoint(ValueError):
-    """state.json or state.safetensors of a checkpoint cannot be read."""
-
-
-def load_checkpoint(ckpt: Path, params, opt, sched, method, rank: int) -> tuple[int, list]:
-    from dowser.distributed import load_into, shard_like
-
-    try:  # read before anything is loaded: a bad file leaves the run as it started
-        meta = json.loads((ckpt / "state.json").read_text())
-        tensors = load_file(str(ckpt / "state.safetensors"))
-    except PermissionError:
-        raise
-    except Exception as e:  # json and safetensors errors for truncated or garbled files
-        raise UnreadableCheckpoint(f"{ckpt}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            load_into(p, tensors[f"param.{i}"])
-    state: dict = {}
-    for key in sorted(k for k in tensors if k.startswith("optimizer.")):  # one order on every process
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = shard_like(params[int(i)], tensors[key])
-    for key, value in meta["optimizer_scalars"].items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    sched.load_state_dict(meta["scheduler"])
-    method_state: dict = {}
-    for key in sorted((k for k in tensors if k.startswith("method.")), key=lambda k: int(k.rsplit(".", 1)[1])):
-        j = int(key.rsplit(".", 1)[1])
-        method_state.setdefault(key.split(".")[1], []).append(shard_like(params[j], tensors[key]) if j < len(params)
-                                                               else tensors[key])
-    method.load_state_dict(method_state)
-    rng_file = ckpt / f"rng.{rank}.safetensors"
-    if rng_file.exists():  # a run resumed on another process count restores what it can
-        from safetensors import safe_open
-
-        with safe_open(str(rng_file), "pt") as f:
-            rng = {k: f.get_tensor(k) for k in f.keys()}
-            py = f.metadata()["python"]
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and "cuda.0" in rng:
-            torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
-        version, internal, gauss = json.loads(py)
-        random.setstate((version, tuple(internal), gauss))
-    return meta["step"], meta["log"]
 
 
 def load_finetuned(model_path: Path, run_dir: Path | None, expect_run: str | None = None):

@@ -93,7 +93,7 @@ def run_posthoc(spec: dict, model_path: Path, data_root: Path, out_dir: Path, pa
     base = base_weights(model, depth, dense=False, extras=dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head))
     base.update({name: (w.cpu(), base[name][1]) for name, w in base_state.items()})
     load_delta_state(model, parent)
-    rows = training_rows(spec["task"], Path(data_root), cfg.train_samples)
+    rows = training_rows(spec["task"], Path(data_root), cfg)
     device = next(model.parameters()).device
     ctx = PostHocContext(task_batches(processor, rows, cfg.batch_size, cfg.seed, device), spec.get("rho"), depth,
                          cfg.seed)
