@@ -281,7 +281,9 @@ def _forward_accepts(model, name: str) -> bool:
     import inspect
 
     forward = getattr(model, "module", model).forward  # DDP wraps the model
-    return name in inspect.signature(forward).parameters
+    params = inspect.signature(forward).parameters
+    # transformers 5 takes use_cache through **kwargs
+    return name in params or (name == "use_cache" and any(p.kind is p.VAR_KEYWORD for p in params.values()))
 
 
 def keep_output_dtype(model, vectors: list) -> None:

@@ -1,0 +1,439 @@
+"""Peak device memory of every GPU job of configs/llava-1.5-7b.yaml, at LLaVA-1.5-7B's true shapes, on CPU.
+
+    python benchmarks/memory_7b.py                        # every job -> benchmarks/results/memory_7b.json
+    python benchmarks/memory_7b.py --jobs finetune --methods full dowser --label before --blocks 4
+
+The model is transformers' LlavaForConditionalGeneration built from a LlavaConfig with
+llava-hf/llava-1.5-7b-hf's shapes (CLIP ViT-L/14-336, Llama-2-7B text, vocab 32064; 7.06e9
+parameters, bf16) under `FakeTensorMode`: every tensor has its shape, dtype and storage size,
+none has values, so a 7B step runs on this CPU in seconds. `LiveBytes` (a TorchDispatchMode)
+counts the bytes of every live storage, the model's included, and keeps the peak; it is not
+torch's MemTracker, whose per-parameter grad hooks fail on frozen weights and whose module hooks
+refuse a model called twice (a generation loop, gradient accumulation). Each job runs through
+the project's own functions:
+
+- probe: `dowser.probe.generate_official` (official preset: batches of 4, 64 tokens, KV cache);
+  the model returns zero logits as real tensors for the sampler (values are needed there), the
+  fake ones stay alive as long as the real run keeps them;
+- score: one official scoring batch, `dowser.score.accumulate_official` (4 probes x 64 tokens,
+  one draw: each draw is its own forward and backward), parameters requiring grad as loaded;
+- finetune: one optimizer step (`dowser.finetune.optimizer_step`: 2 micro-batches, the
+  second accumulating onto the first's gradients, then clipping and AdamW) after a first step has
+  created the optimizer state, for each method at L = 20, micro-batch 16 (576 image + 64 text
+  tokens), bf16 autocast through `dowser.distributed.make_accelerator`, with and without gradient
+  checkpointing. Masked methods (dowser, random, magnitude, wanda) train the same number of
+  entries at rho = 0.1 through the same parametrization: their masks here select the first
+  round(rho * n) entries of each module (memory depends on the count, not on which entries);
+- checkpoint save: the training state at rest after the step (`save_checkpoint` copies every
+  tensor to host memory one at a time: no device allocation beyond one tensor);
+- evaluate: one batch of 64 (`dowser evaluate`'s default) of 576 image + 48 prompt tokens,
+  generating 16 tokens with a KV cache (prefill at the last position only, as transformers'
+  generate does), and one label-scoring forward over the same batch.
+
+Peaks are bytes per device. `--label before` with PYTHONPATH at an older checkout records that
+code's numbers beside the current ones (the fixes of issue 17).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+import weakref
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # data-dependent checks: no values to check
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+from torch.utils.weak import WeakIdKeyDictionary
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_check import FULL_SHAPE  # noqa: E402  (llava-hf/llava-1.5-7b-hf's config values)
+
+OUT = Path(__file__).parent / "results" / "memory_7b.json"
+GIB = 2**30
+METHODS = ["full", "dowser", "random", "spider", "lora", "magnitude", "wanda"]
+DEPTH, MICRO, TEXT, RHO, ACCUM = 20, 16, 64, 0.1, 2
+EVAL_BATCH, EVAL_PROMPT, EVAL_NEW = 64, 48, 16
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of live storages per device, and their peak: every op's outputs are counted once per
+    storage until the storage is freed (weak references). `track` adds tensors made outside."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = WeakIdKeyDictionary()
+        self.current: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.paused = False
+
+    def track(self, *tensors) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and not self.paused:
+                self._add(t)
+
+    def _add(self, t: torch.Tensor) -> None:
+        if hasattr(t, "_local_tensor"):  # a DTensor: its shard
+            t = t._local_tensor
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested: not in these models
+            return
+        if st in self.seen:
+            return
+        n, dev = st.nbytes(), str(t.device)
+        self.current[dev] = self.current.get(dev, 0) + n
+        self.peak[dev] = max(self.peak.get(dev, 0), self.current[dev])
+
+        def freed(_ref, n=n, dev=dev):
+            self.current[dev] -= n
+
+        self.seen[st] = weakref.ref(st, freed)
+
+    def reset_peak(self) -> None:
+        self.peak = dict(self.current)
+
+    @contextlib.contextmanager
+    def pause(self):
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.paused:
+            tree_map_only(torch.Tensor, self._add, out)
+        return out
+
+
+def build_model(blocks: int = 32, fake=None):
+    """LLaVA-1.5-7B's architecture (transformers' class, bf16), parameters requiring grad as
+    from_pretrained leaves them; under `fake` (a FakeTensorMode) no byte is allocated."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**FULL_SHAPE["vision"]),
+                      text_config=LlamaConfig(**FULL_SHAPE["text"], num_hidden_layers=blocks),
+                      image_token_index=FULL_SHAPE["image_token"], vision_feature_layer=-2)
+    old = torch.get_default_dtype()
+    with fake or contextlib.nullcontext():
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16: fake parameters cannot be converted
+        try:
+            model = LlavaForConditionalGeneration(cfg)
+        finally:
+            torch.set_default_dtype(old)
+    return model.eval()
+
+
+def image_tokens(model) -> int:
+    v = model.config.vision_config
+    return (v.image_size // v.patch_size) ** 2
+
+
+def llava_batch(model, batch: int, text: int, answer: int | None = None) -> dict:
+    """Real CPU inputs (as the data loader makes them): image tokens then text; labels on the
+    last `answer` text tokens (all text tokens when None)."""
+    n_img = image_tokens(model)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.cat([torch.full((batch, n_img), model.config.image_token_index),
+                     torch.randint(3, min(32000, model.config.image_token_index), (batch, text), generator=g)], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[:, ids.shape[1] - (answer or text):] = ids[:, ids.shape[1] - (answer or text):]
+    size = model.config.vision_config.image_size
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "pixel_values": torch.zeros(batch, 3, size, size), "labels": labels}
+
+
+class CountMasks(dict):
+    """{module: bool mask} with the first round(rho * n) entries True, built when read (a dict of
+    all 140 masks of 20 blocks would take 4 GB of this machine's memory)."""
+
+    def __init__(self, shapes: dict, rho: float):
+        super().__init__({k: None for k in shapes})
+        self.shapes, self.rho = shapes, rho
+
+    def __getitem__(self, name):
+        rows, cols = self.shapes[name]
+        m = np.zeros(rows * cols, dtype=bool)
+        m[: round(self.rho * rows * cols)] = True
+        return m.reshape(rows, cols)
+
+
+def gib(x: int) -> float:
+    return round(x / GIB, 3)
+
+
+def peak_of(tracker: LiveBytes) -> int:
+    return max(tracker.peak.values()) if tracker.peak else 0
+
+
+def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool,
+                  train_norms: bool = True, train_lm_head: bool = True) -> dict:
+    """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    model.to = lambda *a, **k: model  # on its device; fake parameters cannot be swapped by Module._apply
+    return train_step(model, lambda m: llava_batch(m, micro, TEXT), method_name, depth, checkpointing,
+                      train_norms, train_lm_head)
+
+
+def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
+               train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None) -> dict:
+    """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
+    AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
+    is called as the measured step starts."""
+    import dowser.finetune as ft
+    from dowser.distributed import make_accelerator, prepare
+    from dowser.methods import get_method
+    from dowser.models import trainable_modules
+    from dowser.sparse import dense_extras, fp32_masters
+    from dowser.spec import TrainConfig
+
+    tracker = tracker or LiveBytes()
+    cfg = TrainConfig.from_dict({"lr": 2e-5, "batch_size": MICRO, "grad_accum": ACCUM, "mixed_precision": "bf16",
+                                 "train_norms": train_norms, "train_lm_head": train_lm_head})
+    method = get_method(method_name, None)
+    with tracker:
+        tracker.track(*model.parameters(), *model.buffers())
+        masks = None if method.dense else CountMasks(
+            {m.name: m.shape for m in trainable_modules(model, depth)}, RHO)
+        extras = dense_extras(model, depth, train_norms, train_lm_head)
+        params = method.prepare(model, masks, depth)
+        vectors = [p for _, p in extras]
+        for p in vectors:
+            p.requires_grad_(True)
+        params = fp32_masters(list(params) + vectors)
+        if hasattr(ft, "keep_output_dtype"):
+            ft.keep_output_dtype(model, extras if train_norms else [])
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        acc, _ = make_accelerator(model, "bf16", "none")
+        opt = ft.make_optimizer(params, cfg) if hasattr(ft, "make_optimizer") else \
+            torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model, opt = prepare(acc, model, opt)
+        model.train()
+        method.before_train(model, params)
+        at_rest, start = {}, {}
+        for step in range(2):  # the first creates the optimizer state; the second is measured
+            window = [make_batch(model) for _ in range(ACCUM)]
+            tracker.track(*(t for b in window for t in b.values()))
+            if step == 1:
+                if on_measure is not None:
+                    on_measure()
+                tracker.reset_peak()
+                start = dict(tracker.current)
+            _step(ft, acc, model, window, params, opt, cfg)
+            method.on_step(model, step)
+            opt.zero_grad(set_to_none=True)
+            del window
+            at_rest = dict(tracker.current)
+    peak = peak_of(tracker)
+    return {"peak": peak, "peak_gib": gib(peak), "at_rest_gib": gib(max(at_rest.values())),
+            "start": max(start.values()), "trainable_entries": sum(p.numel() for p in params)}
+
+
+def _step(ft, acc, model, window, params, opt, cfg) -> None:
+    if hasattr(ft, "optimizer_step"):
+        ft.optimizer_step(acc, model, window, params, opt, cfg)
+        return
+    # the loop body of dowser.finetune.finetune before issue 17 (commit bec3864), for --label before
+    count = acc.reduce(sum(ft.answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
+    for j, batch in enumerate(window):
+        sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
+        with sync:
+            loss = ft.token_loss(model, batch)
+            acc.backward(loss * acc.num_processes / count.clamp(min=1))
+    if cfg.max_grad_norm:
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+
+
+class RealLogits(torch.nn.Module):
+    """The model as the sampler sees it: the fake forward runs (and its logits stay alive with the
+    output), the output's logits are real zeros of the same shape and dtype, uncounted (sampling
+    needs values; a real run's sampler reads the device logits, counted through the fake ones)."""
+
+    def __init__(self, model, tracker: LiveBytes):
+        super().__init__()
+        self.inner, self.tracker = model, tracker
+        self.generation_config = model.generation_config
+        self.forward = model.forward  # generate_official reads its signature
+
+    def __call__(self, **kwargs):
+        out = self.inner(**kwargs)
+        with self.tracker.pause():
+            real = torch.zeros(out.logits.shape, dtype=out.logits.dtype)
+        out.fake_logits = out.logits  # kept alive as long as the output is
+        out["logits"] = real
+        return out
+
+
+def probe_generation(blocks: int) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dowser.presets import OFFICIAL_PROBE as P
+    from dowser.probe import generate_official
+
+    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    tracker = LiveBytes()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 32000, (1 + n,), generator=gen) for n in (1, 5, 3, 2)]  # BOS + 1-5 ids
+    with tracker, torch.no_grad():
+        tracker.track(*model.parameters(), *model.buffers())
+        wrapped = RealLogits(model, tracker)
+        generate_official(wrapped, prompts, 1, P["max_len"], P["temperature"], P["top_p"], P["top_k"],
+                          P["repetition_penalty"], gen)
+    return {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": len(prompts),
+            "max_len": P["max_len"]}
+
+
+def official_score(blocks: int, draws: int = 1) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dowser.score import accumulate_official
+
+    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    tracker = LiveBytes()
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(3, 32000, (64,), generator=gen).tolist() for _ in range(4)]
+    with tracker:
+        tracker.track(*model.parameters(), *model.buffers())
+        accumulate_official(model, ids, [0, 1, 2, 3], [0, 0, 0, 0], draws=draws)
+    grads = sum(p.grad is not None for p in model.parameters())
+    return {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": 4, "tokens": 64, "draws": draws,
+            "weights_with_grad_after": grads}
+
+
+def evaluate_batch(blocks: int) -> dict:
+    """Generation: prefill (logits at the last position) + EVAL_NEW cached decode steps; label
+    scoring: one forward with every position's logits (no cache), both under no_grad."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    out = {}
+    for kind in ("generate", "label_scoring"):
+        tracker = LiveBytes()
+        batch = llava_batch(model, EVAL_BATCH, EVAL_PROMPT)
+        batch.pop("labels")
+        with tracker, torch.no_grad():
+            tracker.track(*model.parameters(), *model.buffers(), *batch.values())
+            if kind == "generate":
+                res = model(**batch, use_cache=True, logits_to_keep=1)
+                cache, attn = res.past_key_values, batch["attention_mask"]
+                nxt = torch.full((EVAL_BATCH, 1), 5)
+                for _ in range(EVAL_NEW - 1):
+                    attn = torch.cat([attn, attn.new_ones((EVAL_BATCH, 1))], 1)
+                    res = model(input_ids=nxt, attention_mask=attn, past_key_values=cache, use_cache=True,
+                                logits_to_keep=1)
+                    cache = res.past_key_values
+            else:
+                model(**batch, use_cache=False).logits.float().log_softmax(-1)
+        out[kind] = {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": EVAL_BATCH,
+                     "tokens": image_tokens(model) + EVAL_PROMPT, "new_tokens": EVAL_NEW if kind == "generate" else 0}
+    return out
+
+
+def _proc_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_check(method: str = "full", depth: int = 2) -> dict:
+    """The same training step (`train_step`) on a small real bf16 LLaVA on CPU: the tracker's peak
+    over its start vs the process's peak RSS over its start (VmHWM, reset through
+    /proc/self/clear_refs; Linux)."""
+    import gc
+
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
+                                                     num_attention_heads=4, image_size=112, patch_size=14),
+                      text_config=LlamaConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2816,
+                                              num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8),
+                      image_token_index=8000, vision_feature_layer=-2)
+    model = LlavaForConditionalGeneration(cfg).to(torch.bfloat16).eval()
+    rss = {}
+
+    def start():  # the measured step: VmHWM := VmRSS (its code pages, arenas already in place)
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        rss["start"] = _proc_kb("VmRSS") * 1024
+
+    res = train_step(model, lambda m: llava_batch(m, 8, 64), method, depth, False, on_measure=start)
+    rss_peak = _proc_kb("VmHWM") * 1024 - rss["start"]
+    tracked = res["peak"] - res["start"]
+    return {"method": method, "depth": depth, "tracker_bytes": tracked, "rss_bytes": rss_peak,
+            "ratio": tracked / rss_peak}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", nargs="+", default=["probe", "score", "finetune", "evaluate"])
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--blocks", type=int, default=32, help="decoder blocks (LLaVA-1.5-7B: 32)")
+    ap.add_argument("--depth", type=int, default=DEPTH)
+    ap.add_argument("--micro", type=int, default=MICRO)
+    ap.add_argument("--label", default="current", help="'current', or 'before' for an older checkout")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rss-check", action="store_true", help="only: tracker vs peak RSS on a small real model")
+    args = ap.parse_args(argv)
+    if args.rss_check:
+        torch.set_num_threads(1)
+        print(json.dumps(rss_check()))
+        return 0
+    if args.depth > args.blocks:
+        raise SystemExit(f"memory_7b: --depth {args.depth} exceeds --blocks {args.blocks}")
+    torch.set_num_threads(1)
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {}
+    doc.update(model="llava-hf/llava-1.5-7b-hf (architecture, bf16, no weights)", torch=torch.__version__,
+               machine=platform.machine(), units="peak bytes per device; *_gib = / 2**30")
+    res = doc.setdefault(args.label, {})
+    res["blocks"] = args.blocks
+    t0 = time.time()
+    if "probe" in args.jobs:
+        res["probe"] = probe_generation(args.blocks)
+        print("probe", res["probe"]["peak_gib"], "GiB", flush=True)
+    if "score" in args.jobs:
+        res["score"] = official_score(args.blocks)
+        print("score", res["score"]["peak_gib"], "GiB", flush=True)
+    if "finetune" in args.jobs:
+        ftres = res.setdefault("finetune", {})
+        for name in args.methods:
+            for ckpt in (False, True):
+                key = f"{name}/L{args.depth}/micro{args.micro}/{'checkpointing' if ckpt else 'no-checkpointing'}/1"
+                t = time.time()
+                ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt)
+                ftres[key]["seconds"] = round(time.time() - t, 1)
+                print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                _write(args.out, doc)
+    if "evaluate" in args.jobs:
+        res["evaluate"] = evaluate_batch(args.blocks)
+        print("evaluate", {k: v["peak_gib"] for k, v in res["evaluate"].items()}, flush=True)
+    res["seconds"] = round(time.time() - t0, 1)
+    _write(args.out, doc)
+    return 0
+
+
+def _write(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
