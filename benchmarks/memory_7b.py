@@ -168,6 +168,32 @@ class CountMasks(dict):
         return m.reshape(rows, cols)
 
 
+@contextlib.contextmanager
+def fake_module_moves():
+    """Module.to on fake parameters converts each tensor's .data in place while this holds: Module._apply
+    swaps fake parameters for new ones, which fails (`Couldn't swap ...`) once anything refers to them."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    original = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        tensors = list(self.parameters()) + list(self.buffers())
+        if not tensors or not all(isinstance(t, FakeTensor) for t in tensors):
+            return original(self, *args, **kwargs)
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        for t in tensors:
+            target = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            if t.dtype != target or (device is not None and t.device != device):
+                t.data = t.data.to(device=device or t.device, dtype=target)
+        return self
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+
+
 def gib(x: int) -> float:
     return round(x / GIB, 3)
 
@@ -181,17 +207,22 @@ def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpo
     """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
-    model.to = lambda *a, **k: model  # on its device; fake parameters cannot be swapped by Module._apply
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    model = build_model(blocks, fake)
     return train_step(model, lambda m: llava_batch(m, micro, TEXT), method_name, depth, checkpointing,
-                      train_norms, train_lm_head)
+                      train_norms, train_lm_head, setup_mode=fake)
 
 
 def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
-               train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None) -> dict:
+               train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None,
+               setup_mode=None) -> dict:
     """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
     AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
-    is called as the measured step starts."""
+    is called as the measured step starts; `setup_mode` (the model's FakeTensorMode) holds during the
+    setup, so that tensors made from numpy or shapes (mask indices, optimizer state) are fake too;
+    the steps run outside it (the loss reads its labels' values), on the fake parameters."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+
     import dowser.finetune as ft
     from dowser.distributed import make_accelerator, prepare
     from dowser.methods import get_method
@@ -203,7 +234,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
     cfg = TrainConfig.from_dict({"lr": 2e-5, "batch_size": MICRO, "grad_accum": ACCUM, "mixed_precision": "bf16",
                                  "train_norms": train_norms, "train_lm_head": train_lm_head})
     method = get_method(method_name, None)
-    with tracker:
+    with tracker, setup_mode or contextlib.nullcontext(), fake_module_moves():
         tracker.track(*model.parameters(), *model.buffers())
         masks = None if method.dense else CountMasks(
             {m.name: m.shape for m in trainable_modules(model, depth)}, RHO)
@@ -223,6 +254,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
         model, opt = prepare(acc, model, opt)
         model.train()
         method.before_train(model, params)
+    with tracker:
         at_rest, start = {}, {}
         for step in range(2):  # the first creates the optimizer state; the second is measured
             window = [make_batch(model) for _ in range(ACCUM)]
@@ -233,7 +265,10 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
                 tracker.reset_peak()
                 start = dict(tracker.current)
             _step(ft, acc, model, window, params, opt, cfg)
-            method.on_step(model, step)
+            try:
+                method.on_step(model, step)
+            except DataDependentOutputException:  # SPIDER's logged kept fraction, its last line: a value
+                pass
             opt.zero_grad(set_to_none=True)
             del window
             at_rest = dict(tracker.current)
@@ -302,11 +337,12 @@ def official_score(blocks: int, draws: int = 1) -> dict:
 
     from dowser.score import accumulate_official
 
-    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    model = build_model(blocks, fake)
     tracker = LiveBytes()
     gen = torch.Generator().manual_seed(0)
     ids = [torch.randint(3, 32000, (64,), generator=gen).tolist() for _ in range(4)]
-    with tracker:
+    with fake, tracker:  # its fp32 accumulators (26 GB) are made from shapes: fake, not on this machine
         tracker.track(*model.parameters(), *model.buffers())
         accumulate_official(model, ids, [0, 1, 2, 3], [0, 0, 0, 0], draws=draws)
     grads = sum(p.grad is not None for p in model.parameters())
