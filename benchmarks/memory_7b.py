@@ -89,14 +89,41 @@ class LiveBytes(TorchDispatchMode):
             return
         if st in self.seen:
             return
-        n, dev = st.nbytes(), str(t.device)
+        entry = [None, st.nbytes(), str(t.device)]  # weak ref, bytes now, device
+        self._change(entry[2], entry[1])
+
+        def freed(_ref, entry=entry):
+            self.current[entry[2]] -= entry[1]
+
+        entry[0] = weakref.ref(st, freed)
+        self.seen[st] = entry
+
+    def _change(self, dev: str, n: int) -> None:
         self.current[dev] = self.current.get(dev, 0) + n
         self.peak[dev] = max(self.peak.get(dev, 0), self.current[dev])
 
-        def freed(_ref, n=n, dev=dev):
-            self.current[dev] -= n
+    def _resized(self, st, nbytes: int) -> None:
+        """FSDP frees and re-allocates unsharded parameters by resizing their storage (no dispatch)."""
+        entry = self.seen.get(st)
+        if entry is not None and nbytes != entry[1]:
+            self._change(entry[2], nbytes - entry[1])
+            entry[1] = nbytes
 
-        self.seen[st] = weakref.ref(st, freed)
+    def __enter__(self):
+        original = self._resize = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(st, size):
+            out = original(st, size)
+            tracker._resized(st, st.nbytes())
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+        return super().__enter__()
+
+    def __exit__(self, *args):
+        torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*args)
 
     def reset_peak(self) -> None:
         self.peak = dict(self.current)
@@ -110,22 +137,26 @@ class LiveBytes(TorchDispatchMode):
             self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.distributed.tensor import DTensor
+
+        if any(issubclass(t, DTensor) for t in types):
+            return NotImplemented  # DTensor runs its local ops, which come back here
         out = func(*args, **(kwargs or {}))
         if not self.paused:
             tree_map_only(torch.Tensor, self._add, out)
         return out
 
 
-def build_model(blocks: int = 32, fake=None):
+def build_model(blocks: int = 32, fake=None, device="cpu", shape: dict = FULL_SHAPE):
     """LLaVA-1.5-7B's architecture (transformers' class, bf16), parameters requiring grad as
     from_pretrained leaves them; under `fake` (a FakeTensorMode) no byte is allocated."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**FULL_SHAPE["vision"]),
-                      text_config=LlamaConfig(**FULL_SHAPE["text"], num_hidden_layers=blocks),
-                      image_token_index=FULL_SHAPE["image_token"], vision_feature_layer=-2)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**shape["vision"]),
+                      text_config=LlamaConfig(**shape["text"], num_hidden_layers=blocks),
+                      image_token_index=shape["image_token"], vision_feature_layer=-2)
     old = torch.get_default_dtype()
-    with fake or contextlib.nullcontext():
+    with fake or torch.device(device):
         torch.set_default_dtype(torch.bfloat16)  # built in bf16: fake parameters cannot be converted
         try:
             model = LlavaForConditionalGeneration(cfg)
@@ -145,12 +176,17 @@ def llava_batch(model, batch: int, text: int, answer: int | None = None) -> dict
     n_img = image_tokens(model)
     g = torch.Generator().manual_seed(1)
     ids = torch.cat([torch.full((batch, n_img), model.config.image_token_index),
-                     torch.randint(3, min(32000, model.config.image_token_index), (batch, text), generator=g)], dim=1)
+                     torch.randint(3, _hi(model), (batch, text), generator=g)], dim=1)
     labels = torch.full_like(ids, -100)
     labels[:, ids.shape[1] - (answer or text):] = ids[:, ids.shape[1] - (answer or text):]
     size = model.config.vision_config.image_size
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
             "pixel_values": torch.zeros(batch, 3, size, size), "labels": labels}
+
+
+def _hi(model) -> int:
+    """Text token ids are drawn below this: LLaVA's 32000 ordinary ids, or the image token's id."""
+    return min(32000, model.config.image_token_index)
 
 
 class CountMasks(dict):
@@ -202,20 +238,57 @@ def peak_of(tracker: LiveBytes) -> int:
     return max(tracker.peak.values()) if tracker.peak else 0
 
 
-def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool,
+def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool, processes: int = 1,
                   train_norms: bool = True, train_lm_head: bool = True) -> dict:
-    """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring); `processes` > 1:
+    FSDP through dowser.distributed (each process takes micro / processes samples of the global
+    micro-batch), on a fake process group (`fake_process_group`)."""
+    model, fake = _fake_model(blocks)
+    return train_step(model, lambda m: llava_batch(m, micro // processes, TEXT), method_name, depth, checkpointing,
+                      train_norms, train_lm_head, setup_mode=fake, sharding="fsdp" if processes > 1 else "none")
 
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
-    model = build_model(blocks, fake)
-    return train_step(model, lambda m: llava_batch(m, micro, TEXT), method_name, depth, checkpointing,
-                      train_norms, train_lm_head, setup_mode=fake)
+
+SLICES = ((1, 1), (2, 1), (2, 2))  # (blocks, trained depth) measured by composed_step
+
+
+def composed_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool,
+                  processes: int = 1) -> dict:
+    """`finetune_step`'s peak at (blocks, depth) from three small slices, peak = a + p (b - d) + q d:
+    a frozen block adds its weights (p), a trained one its weights, state and saved activations (q),
+    everything else (vision tower, embeddings, lm_head, logits, one block's transient) is a. Used
+    where the whole model is too slow on fake tensors (FSDP: DTensor dispatch, ~10x); checked
+    against whole-model runs unsharded (`composition_check` in the results)."""
+    peaks = {(b, d): finetune_step(method_name, b, d, micro, checkpointing, processes)["peak"] for b, d in SLICES}
+    q = peaks[(2, 2)] - peaks[(2, 1)]
+    p = peaks[(2, 1)] - peaks[(1, 1)]
+    a = peaks[(1, 1)] - q
+    peak = a + p * (blocks - depth) + q * depth
+    return {"peak": peak, "peak_gib": gib(peak), "composed": True, "per_frozen_block": p, "per_trained_block": q,
+            "rest": a, "slices": {f"{b}/{d}": v for (b, d), v in peaks.items()}}
+
+
+def fake_process_group(processes: int) -> None:
+    """This process as rank 0 of `processes`, collectives answered by torch's fake backend (no peers;
+    shapes as a real group's): torchtitan's scripts/estimate/estimation.py does the same."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    os.environ.update(WORLD_SIZE=str(processes), RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE=str(processes),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT="29555")
+    if not dist.is_initialized():
+        dist.init_process_group("fake", rank=0, world_size=processes, store=FakeStore())
+    # the device mesh is built here, outside the fake mode (its construction reads tensor values);
+    # fully_shard's default mesh (accelerate passes none) is this one
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp._fully_shard import _fsdp_init
+
+    mesh = init_device_mesh("cpu", (processes,))
+    _fsdp_init.init_device_mesh = lambda *a, **k: mesh
 
 
 def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
                train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None,
-               setup_mode=None) -> dict:
+               setup_mode=None, sharding: str = "none") -> dict:
     """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
     AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
     is called as the measured step starts; `setup_mode` (the model's FakeTensorMode) holds during the
@@ -248,7 +321,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
             ft.keep_output_dtype(model, extras if train_norms else [])
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        acc, _ = make_accelerator(model, "bf16", "none")
+        acc, _ = make_accelerator(model, "bf16", sharding)
         opt = ft.make_optimizer(params, cfg) if hasattr(ft, "make_optimizer") else \
             torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         model, opt = prepare(acc, model, opt)
@@ -313,70 +386,148 @@ class RealLogits(torch.nn.Module):
         return out
 
 
-def probe_generation(blocks: int) -> dict:
+def _fake_model(blocks: int):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    return build_model(blocks, fake), fake
+
+
+def _on(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _result(tracker: LiveBytes, start: int = 0, **extra) -> dict:
+    peak = peak_of(tracker)
+    return {"peak": peak, "peak_gib": gib(peak), "start": start, **extra}
+
+
+def probe_generation(model, fake=None, device="cpu") -> dict:
+    """`generate_official` with the official preset (4 prompts of BOS + 1-5 ids, to 64 tokens)."""
     from dowser.presets import OFFICIAL_PROBE as P
     from dowser.probe import generate_official
 
-    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
     tracker = LiveBytes()
     gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 32000, (1 + n,), generator=gen) for n in (1, 5, 3, 2)]  # BOS + 1-5 ids
+    prompts = [torch.randint(3, _hi(model), (1 + n,), generator=gen) for n in (1, 5, 3, 2)]  # BOS + 1-5 ids
     with tracker, torch.no_grad():
         tracker.track(*model.parameters(), *model.buffers())
-        wrapped = RealLogits(model, tracker)
-        generate_official(wrapped, prompts, 1, P["max_len"], P["temperature"], P["top_p"], P["top_k"],
-                          P["repetition_penalty"], gen)
-    return {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": len(prompts),
-            "max_len": P["max_len"]}
+        start = tracker.current.get(str(device), 0)
+        generate_official(RealLogits(model, tracker) if fake else model, prompts, 1, P["max_len"], P["temperature"],
+                          P["top_p"], P["top_k"], P["repetition_penalty"], gen)
+    return _result(tracker, start, batch=len(prompts), max_len=P["max_len"])
 
 
-def official_score(blocks: int, draws: int = 1) -> dict:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+def official_score(model, fake=None, device="cpu", draws: int = 1) -> dict:
+    """One official scoring batch (`accumulate_official`: 4 probes x 64 tokens, `draws` forwards and
+    backwards), the model's parameters requiring grad as from_pretrained leaves them."""
     from dowser.score import accumulate_official
 
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
-    model = build_model(blocks, fake)
     tracker = LiveBytes()
     gen = torch.Generator().manual_seed(0)
-    ids = [torch.randint(3, 32000, (64,), generator=gen).tolist() for _ in range(4)]
-    with fake, tracker:  # its fp32 accumulators (26 GB) are made from shapes: fake, not on this machine
+    ids = [torch.randint(3, _hi(model), (64,), generator=gen).tolist() for _ in range(4)]
+    with fake or contextlib.nullcontext(), tracker:  # fp32 accumulators (26 GB at 7B) made from shapes: fake
         tracker.track(*model.parameters(), *model.buffers())
+        start = tracker.current.get(str(device), 0)
         accumulate_official(model, ids, [0, 1, 2, 3], [0, 0, 0, 0], draws=draws)
     grads = sum(p.grad is not None for p in model.parameters())
-    return {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": 4, "tokens": 64, "draws": draws,
-            "weights_with_grad_after": grads}
+    return _result(tracker, start, batch=4, tokens=64, draws=draws, weights_with_grad_after=grads)
 
 
-def evaluate_batch(blocks: int) -> dict:
+def evaluate_batch(model, fake=None, device="cpu", reset=None, device_peak=None) -> dict:
     """Generation: prefill (logits at the last position) + EVAL_NEW cached decode steps; label
-    scoring: one forward with every position's logits (no cache), both under no_grad."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    model = build_model(blocks, FakeTensorMode(allow_non_fake_inputs=True))
+    scoring: one forward with every position's logits (no cache), both under no_grad. `reset` runs
+    before each kind, `device_peak` after it (a device's own counters, `compare_devices`)."""
     out = {}
     for kind in ("generate", "label_scoring"):
+        if reset is not None:
+            reset()
         tracker = LiveBytes()
         batch = llava_batch(model, EVAL_BATCH, EVAL_PROMPT)
         batch.pop("labels")
         with tracker, torch.no_grad():
+            batch = _on(batch, device)
             tracker.track(*model.parameters(), *model.buffers(), *batch.values())
+            start = tracker.current.get(str(device), 0)
             if kind == "generate":
                 res = model(**batch, use_cache=True, logits_to_keep=1)
                 cache, attn = res.past_key_values, batch["attention_mask"]
-                nxt = torch.full((EVAL_BATCH, 1), 5)
+                nxt = torch.full((EVAL_BATCH, 1), 5, device=device)
                 for _ in range(EVAL_NEW - 1):
                     attn = torch.cat([attn, attn.new_ones((EVAL_BATCH, 1))], 1)
                     res = model(input_ids=nxt, attention_mask=attn, past_key_values=cache, use_cache=True,
                                 logits_to_keep=1)
                     cache = res.past_key_values
+                del res, cache
             else:
                 model(**batch, use_cache=False).logits.float().log_softmax(-1)
-        out[kind] = {"peak": peak_of(tracker), "peak_gib": gib(peak_of(tracker)), "batch": EVAL_BATCH,
-                     "tokens": image_tokens(model) + EVAL_PROMPT, "new_tokens": EVAL_NEW if kind == "generate" else 0}
+        out[kind] = _result(tracker, start, batch=EVAL_BATCH, tokens=image_tokens(model) + EVAL_PROMPT,
+                            new_tokens=EVAL_NEW if kind == "generate" else 0)
+        if device_peak is not None:
+            out[kind]["device_peak"] = device_peak()
     return out
+
+
+def compare_devices(device: str, blocks: int, depth: int, micro: int, methods: list[str], tiny: bool) -> dict:
+    """Each job on `device` with real tensors vs on fake ones (CPU): the device's own peak
+    (torch.cuda.max_memory_allocated on CUDA; the tracker elsewhere) over the same span as the fake
+    tracker's peak (the measured step of a fine-tune, the whole job otherwise)."""
+    from gpu_check import TINY_SHAPE
+
+    shape = TINY_SHAPE if tiny else FULL_SHAPE
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        dev = torch.device("cuda", torch.cuda.current_device())
+
+    def fake():
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        return build_model(blocks, mode, shape=shape), mode
+
+    def real():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        return build_model(blocks, None, dev, shape)
+
+    def device_peak(res: dict) -> int:
+        return torch.cuda.max_memory_allocated(dev) if cuda else res["peak"]
+
+    n_img = (shape["vision"]["image_size"] // shape["vision"]["patch_size"]) ** 2
+    rows = {}
+    jobs = {"probe": probe_generation, "score": official_score}
+    for name, job in jobs.items():
+        expected = job(*fake())
+        model = real()
+        got = job(model, None, dev)
+        rows[name] = {"fake": expected["peak"], "device": device_peak(got)}
+        del model
+    expected = evaluate_batch(*fake())
+    model = real()
+    got = evaluate_batch(model, None, dev, reset=(lambda: torch.cuda.reset_peak_memory_stats(dev)) if cuda else None,
+                         device_peak=(lambda: torch.cuda.max_memory_allocated(dev)) if cuda else None)
+    for kind in expected:
+        rows[f"evaluate/{kind}"] = {"fake": expected[kind]["peak"], "device": got[kind].get("device_peak",
+                                                                                             got[kind]["peak"])}
+    del model
+    for name in methods:
+        for ckpt in (False, True):
+            model, mode = fake()
+            expected = train_step(model, lambda m: llava_batch(m, micro, TEXT), name, depth, ckpt, setup_mode=mode)
+            del model
+            model = real()
+            res = train_step(model, lambda m: _on(llava_batch(m, micro, TEXT), dev), name, depth, ckpt,
+                             on_measure=(lambda: torch.cuda.reset_peak_memory_stats(dev)) if cuda else None)
+            rows[f"{name}/L{depth}/micro{micro}/{'checkpointing' if ckpt else 'no-checkpointing'}"] = {
+                "fake": expected["peak"], "device": device_peak(res)}
+            del model
+    for row in rows.values():
+        row["ratio"] = row["device"] / row["fake"]
+    return {"device": torch.cuda.get_device_name(dev) if cuda else str(dev), "blocks": blocks, "depth": depth,
+            "micro": micro, "image_tokens": n_img, "tiny": tiny, "goal": "device/fake within 10%",
+            "within_10pct": all(abs(r["ratio"] - 1) <= 0.1 for r in rows.values()), "jobs": rows}
 
 
 def _proc_kb(field: str) -> int:
@@ -422,14 +573,37 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=32, help="decoder blocks (LLaVA-1.5-7B: 32)")
     ap.add_argument("--depth", type=int, default=DEPTH)
     ap.add_argument("--micro", type=int, default=MICRO)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8],
+                    help="fine-tunes: 1 = unsharded; N > 1: FSDP over N (one subprocess per N)")
+    ap.add_argument("--compose", action="store_true", help="fine-tunes: compose the peak from 1-2 block slices "
+                    "(composed_step); default for processes > 1")
     ap.add_argument("--label", default="current", help="'current', or 'before' for an older checkout")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--rss-check", action="store_true", help="only: tracker vs peak RSS on a small real model")
+    ap.add_argument("--compare", metavar="DEVICE", help="only: every job with real tensors on DEVICE (cuda, or cpu "
+                    "with --tiny) vs fake ones -> benchmarks/results/memory_7b_<cuda|cpu-tiny>.json")
+    ap.add_argument("--tiny", action="store_true", help="with --compare: gpu_check.py's tiny shapes")
     args = ap.parse_args(argv)
     if args.rss_check:
         torch.set_num_threads(1)
         print(json.dumps(rss_check()))
         return 0
+    if args.compare:
+        if args.compare.startswith("cuda") and not torch.cuda.is_available():
+            print("memory_7b: error: --compare cuda: no CUDA device visible to torch", file=sys.stderr)
+            return 2
+        if not args.compare.startswith("cuda") and not args.tiny:
+            print(f"memory_7b: error: --compare {args.compare}: real 7B-shaped tensors on the host; add --tiny",
+                  file=sys.stderr)
+            return 2
+        doc = compare_devices(args.compare, args.blocks, min(args.depth, args.blocks), args.micro, args.methods,
+                              args.tiny)
+        name = "memory_7b_cuda.json" if args.compare.startswith("cuda") else f"memory_7b_{args.compare}-tiny.json"
+        _write(args.out.parent / name, doc)
+        for key, row in doc["jobs"].items():
+            print(f"{key:<45} fake {row['fake'] / GIB:8.3f} GiB  {args.compare} {row['device'] / GIB:8.3f} GiB  "
+                  f"ratio {row['ratio']:.3f}")
+        return 0 if doc["within_10pct"] else 1
     if args.depth > args.blocks:
         raise SystemExit(f"memory_7b: --depth {args.depth} exceeds --blocks {args.blocks}")
     torch.set_num_threads(1)
@@ -440,28 +614,52 @@ def main(argv=None) -> int:
     res["blocks"] = args.blocks
     t0 = time.time()
     if "probe" in args.jobs:
-        res["probe"] = probe_generation(args.blocks)
+        res["probe"] = probe_generation(*_fake_model(args.blocks))
         print("probe", res["probe"]["peak_gib"], "GiB", flush=True)
     if "score" in args.jobs:
-        res["score"] = official_score(args.blocks)
+        res["score"] = official_score(*_fake_model(args.blocks))
         print("score", res["score"]["peak_gib"], "GiB", flush=True)
     if "finetune" in args.jobs:
         ftres = res.setdefault("finetune", {})
-        for name in args.methods:
-            for ckpt in (False, True):
-                key = f"{name}/L{args.depth}/micro{args.micro}/{'checkpointing' if ckpt else 'no-checkpointing'}/1"
-                t = time.time()
-                ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt)
-                ftres[key]["seconds"] = round(time.time() - t, 1)
-                print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
+        for procs in args.processes:
+            if procs > 1 and len(args.processes) > 1:  # a process group's size is fixed: one subprocess each
+                ftres.update(_sharded_subprocess(args, procs))
                 _write(args.out, doc)
+                continue
+            if procs > 1:
+                fake_process_group(procs)
+            for name in args.methods:
+                for ckpt in (False, True):
+                    key = (f"{name}/L{args.depth}/micro{args.micro}/"
+                           f"{'checkpointing' if ckpt else 'no-checkpointing'}/{procs}")
+                    t = time.time()
+                    if args.compose:
+                        ftres[key] = composed_step(name, args.blocks, args.depth, args.micro, ckpt, procs)
+                    else:
+                        ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt, procs)
+                    ftres[key]["seconds"] = round(time.time() - t, 1)
+                    print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
+                    _write(args.out, doc)
     if "evaluate" in args.jobs:
-        res["evaluate"] = evaluate_batch(args.blocks)
+        res["evaluate"] = evaluate_batch(*_fake_model(args.blocks))
         print("evaluate", {k: v["peak_gib"] for k, v in res["evaluate"].items()}, flush=True)
     res["seconds"] = round(time.time() - t0, 1)
     _write(args.out, doc)
     return 0
+
+
+def _sharded_subprocess(args, procs: int) -> dict:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "memory.json"
+        cmd = [sys.executable, __file__, "--jobs", "finetune", "--processes", str(procs), "--methods", *args.methods,
+               "--compose",
+               "--blocks", str(args.blocks), "--depth", str(args.depth), "--micro", str(args.micro),
+               "--label", args.label, "--out", str(out)]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())[args.label]["finetune"]
 
 
 def _write(path: Path, doc: dict) -> None:

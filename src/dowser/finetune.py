@@ -118,7 +118,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     method = get_method(spec["method"], spec.get("params"))
     if method.post_hoc:
         raise ValueError(f"method '{spec['method']}' is post-hoc: it edits a Full-FT run (--parent)")
-    masks = None if method.dense else read_checked_masks(spec, mask_path)
+    if not method.dense:
+        read_checked_masks(spec, mask_path, names=set())  # the file and its spec, before the model loads
     torch.manual_seed(cfg.seed)
     state, mode = start(sharding)  # the process group first: under FSDP only rank 0 reads the checkpoint
     rank0 = loads_on_rank0(mode, state.num_processes)
@@ -135,6 +136,9 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     # before any change: ||dW|| / ||W0|| at the end, on the main process alone (ranks > 0 may hold
     # meta tensors until prepare broadcasts rank 0's weights)
     extras = dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head)  # named before prepare renames any
+    # only the trained blocks' masks are unpacked (all 32 of LLaVA-1.5-7B: 6.5 GB per process)
+    masks = None if method.dense else read_checked_masks(spec, mask_path,
+                                                         names={m.name for m in trainable_modules(model, depth)})
     base = base_weights(model, depth, dense=method.dense, extras=extras) if main else {}
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
     vectors = [p for _, p in extras]
@@ -145,6 +149,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     table = trainable_table(model)
     n_trainable = sum(r["trainable"] for r in table)
     expected = method.expected_trainable(model, depth, masks) + sum(p.numel() for p in vectors)
+    del masks  # the parametrizations hold their indices
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
@@ -321,8 +326,9 @@ def frozen_prefix(model, depth: int, data, pad_id: int, acc, budget_bytes: int =
     return prefix
 
 
-def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
-    """The run's mask, refused unless the spec stored in the file is the one the run names (issue 9)."""
+def read_checked_masks(spec: dict, mask_path: Path | None, names: set[str] | None = None) -> dict:
+    """The run's mask, refused unless the spec stored in the file is the one the run names (issue 9);
+    `names`: only those modules' masks are unpacked (the trained blocks')."""
     import h5py
 
     from dowser.mask import load_masks
@@ -330,7 +336,7 @@ def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
 
     if mask_path is None:
         raise ValueError(f"method '{spec['method']}' needs a mask file (--mask)")
-    masks = load_masks(mask_path)  # its own one-line errors for missing / corrupt files
+    masks = load_masks(mask_path, names)  # its own one-line errors for missing / corrupt files
     with h5py.File(mask_path, "r") as f:
         stored = f.attrs.get("spec", "{}")
     try:
