@@ -21,9 +21,12 @@ the project's own functions:
   second accumulating onto the first's gradients, then clipping and AdamW) after a first step has
   created the optimizer state, for each method at L = 20, micro-batch 16 (576 image + 64 text
   tokens), bf16 autocast through `dowser.distributed.make_accelerator`, with and without gradient
-  checkpointing. Masked methods (dowser, random, magnitude, wanda) train the same number of
-  entries at rho = 0.1 through the same parametrization: their masks here select the first
-  round(rho * n) entries of each module (memory depends on the count, not on which entries);
+  checkpointing; unsharded (key suffix /1) and under FSDP over 2, 4 and 8 processes (/N: the
+  project's FSDP2 through accelerate on torch's fake process group, rank 0's peak, each process
+  taking 16 / N samples of the micro-batch). Masked methods (dowser, random, magnitude, wanda)
+  train the same number of entries at rho = 0.1 through the same parametrization: their masks
+  here select the first round(rho * n) entries of each module (memory depends on the count, not
+  on which entries);
 - checkpoint save: the training state at rest after the step (`save_checkpoint` copies every
   tensor to host memory one at a time: no device allocation beyond one tensor);
 - evaluate: one batch of 64 (`dowser evaluate`'s default) of 576 image + 48 prompt tokens,
@@ -180,8 +183,10 @@ def llava_batch(model, batch: int, text: int, answer: int | None = None) -> dict
     labels = torch.full_like(ids, -100)
     labels[:, ids.shape[1] - (answer or text):] = ids[:, ids.shape[1] - (answer or text):]
     size = model.config.vision_config.image_size
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "pixel_values": torch.zeros(batch, 3, size, size), "labels": labels}
+    from dowser.data import answer_positions
+
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.zeros(batch, 3, size, size),
+            "labels": labels, "answer_positions": answer_positions(labels)}
 
 
 def _hi(model) -> int:
@@ -239,32 +244,14 @@ def peak_of(tracker: LiveBytes) -> int:
 
 
 def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool, processes: int = 1,
-                  train_norms: bool = True, train_lm_head: bool = True) -> dict:
+                  train_norms: bool = True, train_lm_head: bool = True, accumulate_unsharded: bool | None = None) -> dict:
     """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring); `processes` > 1:
     FSDP through dowser.distributed (each process takes micro / processes samples of the global
     micro-batch), on a fake process group (`fake_process_group`)."""
     model, fake = _fake_model(blocks)
     return train_step(model, lambda m: llava_batch(m, micro // processes, TEXT), method_name, depth, checkpointing,
-                      train_norms, train_lm_head, setup_mode=fake, sharding="fsdp" if processes > 1 else "none")
-
-
-SLICES = ((1, 1), (2, 1), (2, 2))  # (blocks, trained depth) measured by composed_step
-
-
-def composed_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool,
-                  processes: int = 1) -> dict:
-    """`finetune_step`'s peak at (blocks, depth) from three small slices, peak = a + p (b - d) + q d:
-    a frozen block adds its weights (p), a trained one its weights, state and saved activations (q),
-    everything else (vision tower, embeddings, lm_head, logits, one block's transient) is a. Used
-    where the whole model is too slow on fake tensors (FSDP: DTensor dispatch, ~10x); checked
-    against whole-model runs unsharded (`composition_check` in the results)."""
-    peaks = {(b, d): finetune_step(method_name, b, d, micro, checkpointing, processes)["peak"] for b, d in SLICES}
-    q = peaks[(2, 2)] - peaks[(2, 1)]
-    p = peaks[(2, 1)] - peaks[(1, 1)]
-    a = peaks[(1, 1)] - q
-    peak = a + p * (blocks - depth) + q * depth
-    return {"peak": peak, "peak_gib": gib(peak), "composed": True, "per_frozen_block": p, "per_trained_block": q,
-            "rest": a, "slices": {f"{b}/{d}": v for (b, d), v in peaks.items()}}
+                      train_norms, train_lm_head, setup_mode=fake, sharding="fsdp" if processes > 1 else "none",
+                      accumulate_unsharded=accumulate_unsharded)
 
 
 def fake_process_group(processes: int) -> None:
@@ -288,12 +275,12 @@ def fake_process_group(processes: int) -> None:
 
 def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
                train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None,
-               setup_mode=None, sharding: str = "none") -> dict:
+               setup_mode=None, sharding: str = "none", accumulate_unsharded: bool | None = None) -> dict:
     """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
     AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
     is called as the measured step starts; `setup_mode` (the model's FakeTensorMode) holds during the
-    setup, so that tensors made from numpy or shapes (mask indices, optimizer state) are fake too;
-    the steps run outside it (the loss reads its labels' values), on the fake parameters."""
+    setup and the steps, so that tensors made from numpy or shapes (mask indices, optimizer state,
+    FSDP's buffers) are fake too; batches are made on the host, outside it."""
     from torch._subclasses.fake_tensor import DataDependentOutputException
 
     import dowser.finetune as ft
@@ -331,18 +318,24 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
         at_rest, start = {}, {}
         for step in range(2):  # the first creates the optimizer state; the second is measured
             window = [make_batch(model) for _ in range(ACCUM)]
+            if setup_mode is not None:  # on the (fake) device, as the data loader puts them
+                with tracker.pause():
+                    window = [{k: setup_mode.from_tensor(v) for k, v in b.items()} for b in window]
             tracker.track(*(t for b in window for t in b.values()))
             if step == 1:
                 if on_measure is not None:
                     on_measure()
                 tracker.reset_peak()
                 start = dict(tracker.current)
-            _step(ft, acc, model, window, params, opt, cfg)
-            try:
-                method.on_step(model, step)
-            except DataDependentOutputException:  # SPIDER's logged kept fraction, its last line: a value
-                pass
-            opt.zero_grad(set_to_none=True)
+            # inside the fake mode, so that what the step makes from shapes alone (FSDP's all-gather and
+            # reduce-scatter buffers) is fake too; the batch's answer positions were read on the host
+            with setup_mode or contextlib.nullcontext():
+                _step(ft, acc, model, window, params, opt, cfg, accumulate_unsharded)
+                try:
+                    method.on_step(model, step)
+                except DataDependentOutputException:  # SPIDER's logged kept fraction, its last line: a value
+                    pass
+                opt.zero_grad(set_to_none=True)
             del window
             at_rest = dict(tracker.current)
     peak = peak_of(tracker)
@@ -350,9 +343,12 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
             "start": max(start.values()), "trainable_entries": sum(p.numel() for p in params)}
 
 
-def _step(ft, acc, model, window, params, opt, cfg) -> None:
+def _step(ft, acc, model, window, params, opt, cfg, accumulate_unsharded=None) -> None:
     if hasattr(ft, "optimizer_step"):
-        ft.optimizer_step(acc, model, window, params, opt, cfg)
+        if accumulate_unsharded is None:
+            ft.optimizer_step(acc, model, window, params, opt, cfg)
+        else:
+            ft.optimizer_step(acc, model, window, params, opt, cfg, accumulate_unsharded=accumulate_unsharded)
         return
     # the loop body of dowser.finetune.finetune before issue 17 (commit bec3864), for --label before
     count = acc.reduce(sum(ft.answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
@@ -575,8 +571,8 @@ def main(argv=None) -> int:
     ap.add_argument("--micro", type=int, default=MICRO)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8],
                     help="fine-tunes: 1 = unsharded; N > 1: FSDP over N (one subprocess per N)")
-    ap.add_argument("--compose", action="store_true", help="fine-tunes: compose the peak from 1-2 block slices "
-                    "(composed_step); default for processes > 1")
+    ap.add_argument("--no-sync", action="store_true", help="FSDP: hold unsharded gradients between micro-batches "
+                    "(no_sync, as before issue 17) instead of reduce-scattering each one")
     ap.add_argument("--label", default="current", help="'current', or 'before' for an older checkout")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--rss-check", action="store_true", help="only: tracker vs peak RSS on a small real model")
@@ -633,10 +629,8 @@ def main(argv=None) -> int:
                     key = (f"{name}/L{args.depth}/micro{args.micro}/"
                            f"{'checkpointing' if ckpt else 'no-checkpointing'}/{procs}")
                     t = time.time()
-                    if args.compose:
-                        ftres[key] = composed_step(name, args.blocks, args.depth, args.micro, ckpt, procs)
-                    else:
-                        ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt, procs)
+                    ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt, procs,
+                                               accumulate_unsharded=True if args.no_sync else None)
                     ftres[key]["seconds"] = round(time.time() - t, 1)
                     print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
                     _write(args.out, doc)
@@ -655,7 +649,6 @@ def _sharded_subprocess(args, procs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "memory.json"
         cmd = [sys.executable, __file__, "--jobs", "finetune", "--processes", str(procs), "--methods", *args.methods,
-               "--compose",
                "--blocks", str(args.blocks), "--depth", str(args.depth), "--micro", str(args.micro),
                "--label", args.label, "--out", str(out)]
         subprocess.run(cmd, check=True)

@@ -64,3 +64,29 @@ def test_tracker_agrees_with_peak_rss_of_the_same_training_step():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["rss_bytes"] > 200 * 2**20  # large enough to dwarf allocator noise
     assert abs(res["ratio"] - 1) <= 0.10, res
+
+
+def _run(tmp_path, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(BENCH.parent / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, str(BENCH / "memory_7b.py"), *args, "--out", str(tmp_path / "m.json")],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_compare_on_cuda_without_a_gpu_is_refused_in_one_line(tmp_path):
+    out = _run(tmp_path, "--compare", "cuda")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "memory_7b: error: --compare cuda: no CUDA device visible to torch"
+
+
+def test_compare_path_real_cpu_tensors_match_fake_ones(tmp_path):
+    """gpu_check.sh's comparison (`--compare cuda`) on CPU at tiny shapes: each job's peak with real
+    tensors equals, within 10%, the fake-tensor figure for the same shapes (file and exit code)."""
+    out = _run(tmp_path, "--compare", "cpu", "--tiny", "--blocks", "1", "--depth", "1", "--methods", "full")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads((tmp_path / "memory_7b_cpu-tiny.json").read_text())
+    assert doc["tiny"] and doc["within_10pct"]
+    assert set(doc["jobs"]) == {"probe", "score", "evaluate/generate", "evaluate/label_scoring",
+                                "full/L1/micro16/no-checkpointing", "full/L1/micro16/checkpointing"}
+    assert all(abs(r["ratio"] - 1) <= 0.1 and r["fake"] > 0 for r in doc["jobs"].values())
