@@ -163,3 +163,24 @@ def test_cached_frozen_prefix_trains_what_the_whole_forward_trains(world, tmp_pa
     a, b = load_file(tmp_path / "cached/delta.safetensors"), load_file(tmp_path / "whole/delta.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=5e-5)  # steps move entries by ~1e-2
+
+
+def test_trained_norms_of_a_bf16_model_return_bf16():
+    """fp32 master norm weights would make each trained norm's output fp32 (and every linear reading
+    it save its own bf16 cast); `keep_output_dtype` returns the input's dtype: the fp32 product rounded once."""
+    from tinymodels import tiny_llama
+
+    from dowser.finetune import keep_output_dtype
+    from dowser.sparse import dense_extras, fp32_masters
+
+    model = tiny_llama(torch.bfloat16, layers=2)
+    extras = dense_extras(model, 1, vectors=True)
+    fp32_masters([p for _, p in extras])
+    norm = model.model.layers[1].input_layernorm
+    other = model.model.layers[0].input_layernorm  # not trained: bf16 weight already
+    x = torch.randn(2, 3, 16).to(torch.bfloat16)
+    assert norm.weight.dtype == torch.float32 and norm(x).dtype == torch.float32
+    expected = norm(x).to(torch.bfloat16)
+    keep_output_dtype(model, extras)
+    assert norm(x).dtype == torch.bfloat16 and torch.equal(norm(x), expected)
+    assert other(x).dtype == torch.bfloat16

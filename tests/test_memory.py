@@ -90,3 +90,15 @@ def test_compare_path_real_cpu_tensors_match_fake_ones(tmp_path):
     assert set(doc["jobs"]) == {"probe", "score", "evaluate/generate", "evaluate/label_scoring",
                                 "full/L1/micro16/no-checkpointing", "full/L1/micro16/checkpointing"}
     assert all(abs(r["ratio"] - 1) <= 0.1 and r["fake"] > 0 for r in doc["jobs"].values())
+
+
+def test_docs_memory_tables_are_current():
+    """docs/cluster.md's generated memory section is benchmarks/results/memory_7b.json's (rerun
+    `python benchmarks/memory_7b.py --write docs/cluster.md` after a new measurement)."""
+    M = _load()
+    doc = json.loads((BENCH / "results" / "memory_7b.json").read_text())
+    text = (BENCH.parent / "docs" / "cluster.md").read_text()
+    body = text.split("<!-- dowser plan memory: begin", 1)[1].split("-->", 1)[1].split("<!-- dowser plan memory: end")[0]
+    assert body.strip() == M.markdown(doc).strip()
+    for key in ("probe", "score", "evaluate", "finetune"):
+        assert key in doc["current"]

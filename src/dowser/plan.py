@@ -338,12 +338,13 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
     eval_bytes = (items or 1000) * len(benchmarks) * (100 + 8 * int(ev.get("max_new_tokens", 16)))
     artifacts["evaluation (predictions.jsonl)"] = (len(grid.evals), eval_bytes)
     fit = memory_fit(config, Path(results), GPUS[gpu][1])
-    measured_peak: dict[str, int] = {}
-    for rule, row in fit.items():  # measured peaks replace the formulas' where the model was measured
-        if row["peak"] is not None and rule.split(" ")[0] in jobs:
-            measured_peak[rule.split(" ")[0]] = max(row["peak"], measured_peak.get(rule.split(" ")[0], 0))
-    for rule, peak in measured_peak.items():
-        jobs[rule].update(peak_memory=peak, measured=True)
+    measured_peak: dict[str, list] = {}
+    for rule, row in fit.items():  # measured peaks per device replace the formulas' where every row has one
+        if rule.split(" ")[0] in jobs:
+            measured_peak.setdefault(rule.split(" ")[0], []).append(row["peak"])
+    for rule, peaks in measured_peak.items():
+        if None not in peaks:
+            jobs[rule].update(peak_memory=max(peaks), measured=True)
     return {"shape": sh, "gpu": gpu, "mfu": mfu, "mfu_source": mfu_source, "measured": meas, "jobs": jobs,
             "memory_fit": fit,
             "depths": depth_rows, "artifacts": artifacts, "mask_uses": uses, "n_scored": n_dec,
@@ -489,14 +490,15 @@ def markdown(p: dict, command: str) -> str:
              f"Training sequences: {p['s_train']} tokens ({sh.image_tokens} image + text), {p['samples']:,} samples "
              f"per run, micro-batch {p['micro_batch']} per GPU, gradient checkpointing "
              f"{'on' if p['checkpointing'] else 'off'}.", "",
-             "| rule | jobs | GPU-hours per job | GPU-hours total | peak GPU memory per job |",
+             "| rule | jobs | GPU-hours per job | GPU-hours total | peak GPU memory per job (* measured, per device) |",
              "|---|---:|---:|---:|---:|"]
     for rule, j in p["jobs"].items():
         each = j["gpu_hours"] / j["jobs"] if j["gpu_hours"] else 0
         note = "" if j.get("all_modelled", True) else " (post-hoc, SPIDER, LoRA runs not counted)"
         if rule == "evaluate" and j.get("items_per_benchmark") is None:
             note = " (per 1,000 items per benchmark: `evaluate.limit` is null)"
-        lines.append(f"| {rule} | {j['jobs']} | {_hours(each)}{note} | {_hours(j['gpu_hours'])} | {_gib(j['peak_memory'])} |")
+        lines.append(f"| {rule} | {j['jobs']} | {_hours(each)}{note} | {_hours(j['gpu_hours'])} | "
+                     f"{_gib(j['peak_memory'])}{' *' if j.get('measured') else ''} |")
     total = sum(j["gpu_hours"] for j in p["jobs"].values())
     lines += [f"| **all** | {sum(j['jobs'] for j in p['jobs'].values())} | | **{_hours(total)}** | |", ""]
     if p.get("memory_fit"):
