@@ -46,8 +46,10 @@ def finetune_gpus(b):
 
 @lru_cache(maxsize=None)
 def finetune_resources(run_id):
-    """{gpus, gradient_checkpointing} of one run."""
-    run = GRID.runs[run_id]
+    """{gpus, gradient_checkpointing} of one run (of the grid, or of the continual chain)."""
+    run = GRID.runs.get(run_id) or (CONT.runs.get(run_id) if CONT else None)
+    if run is None:
+        raise ValueError(f"finetune_resources: no run {run_id} in the grid or the continual chain")
     if not MEASURED or traits(run.method).post_hoc:
         return {"gpus": finetune_gpus(MODEL_B), "gradient_checkpointing": False}
     return finetune_fit(config, MEASUREMENTS, GPU_MEMORY_GIB, runs=[(run.method, run.depth)])
