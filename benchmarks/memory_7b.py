@@ -183,10 +183,13 @@ def llava_batch(model, batch: int, text: int, answer: int | None = None) -> dict
     labels = torch.full_like(ids, -100)
     labels[:, ids.shape[1] - (answer or text):] = ids[:, ids.shape[1] - (answer or text):]
     size = model.config.vision_config.image_size
-    from dowser.data import answer_positions
-
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.zeros(batch, 3, size, size),
-            "labels": labels, "answer_positions": answer_positions(labels)}
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.zeros(batch, 3, size, size),
+           "labels": labels}
+    try:
+        from dowser.data import answer_positions
+    except ImportError:  # the code before issue 17 (--label before): logits at every position
+        return out
+    return {**out, "answer_positions": answer_positions(labels)}
 
 
 def _hi(model) -> int:
@@ -244,14 +247,13 @@ def peak_of(tracker: LiveBytes) -> int:
 
 
 def finetune_step(method_name: str, blocks: int, depth: int, micro: int, checkpointing: bool, processes: int = 1,
-                  train_norms: bool = True, train_lm_head: bool = True, accumulate_unsharded: bool | None = None) -> dict:
+                  train_norms: bool = True, train_lm_head: bool = True) -> dict:
     """One optimizer step of `method_name` on fake LLaVA-1.5-7B (see the docstring); `processes` > 1:
     FSDP through dowser.distributed (each process takes micro / processes samples of the global
     micro-batch), on a fake process group (`fake_process_group`)."""
     model, fake = _fake_model(blocks)
     return train_step(model, lambda m: llava_batch(m, micro // processes, TEXT), method_name, depth, checkpointing,
-                      train_norms, train_lm_head, setup_mode=fake, sharding="fsdp" if processes > 1 else "none",
-                      accumulate_unsharded=accumulate_unsharded)
+                      train_norms, train_lm_head, setup_mode=fake, sharding="fsdp" if processes > 1 else "none")
 
 
 def fake_process_group(processes: int) -> None:
@@ -275,7 +277,7 @@ def fake_process_group(processes: int) -> None:
 
 def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
                train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None,
-               setup_mode=None, sharding: str = "none", accumulate_unsharded: bool | None = None) -> dict:
+               setup_mode=None, sharding: str = "none") -> dict:
     """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
     AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
     is called as the measured step starts; `setup_mode` (the model's FakeTensorMode) holds during the
@@ -309,8 +311,11 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         acc, _ = make_accelerator(model, "bf16", sharding)
+        if sharding == "fsdp" and not acc.is_fsdp2:
+            acc.no_sync = _fsdp2_no_sync  # accelerate's FSDP2 branch, which it takes on GPUs only
+        # before issue 17: AdamW's default, which is foreach on CUDA (a loop over tensors on a CPU)
         opt = ft.make_optimizer(params, cfg) if hasattr(ft, "make_optimizer") else \
-            torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         model, opt = prepare(acc, model, opt)
         model.train()
         method.before_train(model, params)
@@ -330,7 +335,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
             # inside the fake mode, so that what the step makes from shapes alone (FSDP's all-gather and
             # reduce-scatter buffers) is fake too; the batch's answer positions were read on the host
             with setup_mode or contextlib.nullcontext():
-                _step(ft, acc, model, window, params, opt, cfg, accumulate_unsharded)
+                _step(ft, acc, model, window, params, opt, cfg)
                 try:
                     method.on_step(model, step)
                 except DataDependentOutputException:  # SPIDER's logged kept fraction, its last line: a value
@@ -343,12 +348,20 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
             "start": max(start.values()), "trainable_entries": sum(p.numel() for p in params)}
 
 
-def _step(ft, acc, model, window, params, opt, cfg, accumulate_unsharded=None) -> None:
+@contextlib.contextmanager
+def _fsdp2_no_sync(model):
+    """Accelerator.no_sync for an FSDP2 model (accelerate 1.x, `is_fsdp2`): gradients stay unsharded
+    and accumulate until the next synchronised backward."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def _step(ft, acc, model, window, params, opt, cfg) -> None:
     if hasattr(ft, "optimizer_step"):
-        if accumulate_unsharded is None:
-            ft.optimizer_step(acc, model, window, params, opt, cfg)
-        else:
-            ft.optimizer_step(acc, model, window, params, opt, cfg, accumulate_unsharded=accumulate_unsharded)
+        ft.optimizer_step(acc, model, window, params, opt, cfg)
         return
     # the loop body of dowser.finetune.finetune before issue 17 (commit bec3864), for --label before
     count = acc.reduce(sum(ft.answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
@@ -571,8 +584,6 @@ def main(argv=None) -> int:
     ap.add_argument("--micro", type=int, default=MICRO)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8],
                     help="fine-tunes: 1 = unsharded; N > 1: FSDP over N (one subprocess per N)")
-    ap.add_argument("--no-sync", action="store_true", help="FSDP: hold unsharded gradients between micro-batches "
-                    "(no_sync, as before issue 17) instead of reduce-scattering each one")
     ap.add_argument("--label", default="current", help="'current', or 'before' for an older checkout")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--rss-check", action="store_true", help="only: tracker vs peak RSS on a small real model")
@@ -647,8 +658,7 @@ def main(argv=None) -> int:
                     key = (f"{name}/L{args.depth}/micro{args.micro}/"
                            f"{'checkpointing' if ckpt else 'no-checkpointing'}/{procs}")
                     t = time.time()
-                    ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt, procs,
-                                               accumulate_unsharded=True if args.no_sync else None)
+                    ftres[key] = finetune_step(name, args.blocks, args.depth, args.micro, ckpt, procs)
                     ftres[key]["seconds"] = round(time.time() - t, 1)
                     print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
                     _write(args.out, doc)
@@ -682,8 +692,7 @@ def markdown(doc: dict) -> str:
     procs = sorted({int(k.rsplit("/", 1)[1]) for k in ft})
     lines += ["", f"Fine-tune, one optimizer step at L = {DEPTH}, micro-batch {MICRO} ({ACCUM} micro-batches), per "
               "device; N processes: FSDP, 16 / N samples each; before: the code before issue 17 (1 process: "
-              "foreach AdamW, KV cache, fp32 logits everywhere, fp32 norm outputs; N: unsharded gradients held "
-              "between micro-batches):", "",
+              "foreach AdamW, KV cache, fp32 logits everywhere, fp32 norm outputs):", "",
               "| method | checkpointing | " + " | ".join(f"{n} GPU{'s' if n > 1 else ''}" for n in procs) + " |",
               "|---|---|" + "---:|" * len(procs)]
     for m in methods:

@@ -230,5 +230,5 @@ def test_every_gpu_job_of_the_7b_config_fits_its_gpus_at_90_percent_of_80_gb(cap
 def test_finetune_fit_refuses_an_unmeasured_micro_batch_in_one_line(tmp_path):
     cfg = P.load_config([str(ROOT / "configs" / "llava-1.5-7b.yaml")], str(ROOT / "config.yaml"))
     cfg["finetune"]["train"]["batch_size"] = 3
-    with pytest.raises(ValueError, match=r"^finetune: no memory measurement covers micro-batch 3 "):
+    with pytest.raises(ValueError, match=r"^finetune: no memory measurement covers micro-batch 3 at L=20 "):
         P.finetune_fit(cfg, ROOT / "benchmarks" / "results", 80)

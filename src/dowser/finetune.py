@@ -237,19 +237,15 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def optimizer_step(acc, model, window: list[dict], params, opt, cfg: TrainConfig, prefix=None,
-                   accumulate_unsharded: bool | None = None):
+def optimizer_step(acc, model, window: list[dict], params, opt, cfg: TrainConfig, prefix=None):
     """One optimizer step over the micro-batches of `window` (forward, backward, clipping, AdamW);
     -> (this process's loss sum, the global batch's answer-token count). Gradients are reduced after
-    the last micro-batch only (`no_sync` before it), except under FSDP (`accumulate_unsharded` None or
-    False): there `no_sync` would keep every trainable tensor's unsharded fp32 gradient on each
-    process between micro-batches (Full-FT at L = 20: 16.2 GB), so each micro-batch reduce-scatters."""
+    the last micro-batch only (`no_sync` before it; under FSDP2 that holds unsharded gradients between
+    micro-batches, which benchmarks/memory_7b.py measured not to raise the step's peak)."""
     count = acc.reduce(sum(answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
     loss_sum = torch.zeros((), device=acc.device)
-    fsdp = getattr(acc.state, "fsdp_plugin", None) is not None
-    hold = not fsdp if accumulate_unsharded is None else accumulate_unsharded
     for j, batch in enumerate(window):
-        sync = contextlib.nullcontext() if j == len(window) - 1 or not hold else acc.no_sync(model)
+        sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
         with sync:
             loss = token_loss(model, batch, prefix)
             # DDP / FSDP average gradients over processes: scale so the result is sum / count

@@ -420,8 +420,9 @@ def finetune_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_g
                 return {"gpus": procs, "gradient_checkpointing": checkpointing, "peak": peak, "method": method,
                         "depth": depth, "gpu_gib": gpu_gib}
     if largest is None:
-        raise ValueError(f"finetune: no memory measurement covers micro-batch {micro} and depths "
-                         f"{config['finetune']['depths']} (run benchmarks/memory_7b.py with --micro/--depth)")
+        depths = ", ".join(f"L={d}" for d in sorted({d for _, d in runs}))
+        raise ValueError(f"finetune: no memory measurement covers micro-batch {micro} at {depths} "
+                         f"(run benchmarks/memory_7b.py with --micro/--depth)")
     method, depth, procs, checkpointing, peak = largest
     raise ValueError(f"finetune: {method} at L={depth} needs {peak / GIB:.1f} GiB per device on {procs} GPU(s)"
                      f"{' with' if checkpointing else ' without'} gradient checkpointing, more than "
@@ -440,7 +441,8 @@ def memory_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_gib
                       ("evaluate (generate)", (doc.get("evaluate") or {}).get("generate")),
                       ("evaluate (label scoring)", (doc.get("evaluate") or {}).get("label_scoring"))):
         if row is not None:
-            out[rule] = {"peak": row["peak"], "gpus": 1, "gradient_checkpointing": False, "fits": row["peak"] <= budget}
+            out[rule] = {"peak": row["peak"], "gpus": 1, "gradient_checkpointing": False, "fits": row["peak"] <= budget,
+                         "note": f"more than {FIT_FRACTION:.0%} of {gpu_gib} GiB on its one GPU"}
     methods = [m for m in config["finetune"]["methods"] if not traits(m).post_hoc]
     for method in methods:  # one row per method: resources.smk sizes each run on its own
         for depth in sorted({int(d) for d in config["finetune"]["depths"]}):
