@@ -236,3 +236,23 @@ def test_delta_of_another_run_is_refused(world, tmp_path):
     with pytest.raises(ValueError, match=f"delta of run {RunSpec.from_dict(spec).id} .*, not "
                                          f"{RunSpec.from_dict(other).id}"):
         load_finetuned(world / "model", tmp_path / "b", expect_run=RunSpec.from_dict(other).id)
+
+def test_trained_norms_of_a_bf16_model_return_bf16():
+    """fp32 master norm weights would make each trained norm's output fp32 (and every linear reading
+    it save its own bf16 cast); `keep_output_dtype` returns the input's dtype: the fp32 product rounded once."""
+    from tinymodels import tiny_llama
+
+    from dowser.finetune import keep_output_dtype
+    from dowser.sparse import dense_extras, fp32_masters
+
+    model = tiny_llama(torch.bfloat16, layers=2)
+    extras = dense_extras(model, 1, vectors=True)
+    fp32_masters([p for _, p in extras])
+    norm = model.model.layers[1].input_layernorm
+    other = model.model.layers[0].input_layernorm  # not trained: bf16 weight already
+    x = torch.randn(2, 3, 16).to(torch.bfloat16)
+    assert norm.weight.dtype == torch.float32 and norm(x).dtype == torch.float32
+    expected = norm(x).to(torch.bfloat16)
+    keep_output_dtype(model, extras)
+    assert norm(x).dtype == torch.bfloat16 and torch.equal(norm(x), expected)
+    assert other(x).dtype == torch.bfloat16

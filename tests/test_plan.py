@@ -194,3 +194,41 @@ def test_docs_tables_are_current(monkeypatch, capsys, section, extra):
     assert text.split(begin, 1)[1].split(end, 1)[0] == "\n" + printed, (
         f"docs/cluster.md is stale: run dowser plan --configfile configs/llava-1.5-7b.yaml {' '.join(extra)} "
         f"--write docs/cluster.md --section {section}")
+
+
+def test_every_gpu_job_of_the_7b_config_fits_its_gpus_at_90_percent_of_80_gb(capsys):
+    """From benchmarks/results/memory_7b.json (peaks measured at LLaVA-1.5-7B's shapes): probe, scoring,
+    evaluation and every fine-tune run of configs/llava-1.5-7b.yaml fit the GPUs resources.smk requests
+    (finetune_fit) at <= 90% of 80 GiB; the same for a 40 GB card is reported."""
+    cfg = P.load_config([str(ROOT / "configs" / "llava-1.5-7b.yaml")], str(ROOT / "config.yaml"))
+    results = ROOT / "benchmarks" / "results"
+    doc = json.loads((results / "memory_7b.json").read_text())["current"]
+    fit = P.memory_fit(cfg, results, 80)
+    runs = [f"finetune ({m}, L=20)" for m in cfg["finetune"]["methods"]]
+    assert set(fit) == {"probe", "score_shard", "evaluate (generate)", "evaluate (label scoring)", *runs}
+    budget = 0.9 * 80 * 2**30
+    for rule, row in fit.items():
+        assert row["fits"] and 0 < row["peak"] <= budget, (rule, row)
+    assert fit["score_shard"]["peak"] == doc["score"]["peak"]
+    for method in cfg["finetune"]["methods"]:
+        row = fit[f"finetune ({method}, L=20)"]
+        key = f"{method}/L20/micro16/{'checkpointing' if row['gradient_checkpointing'] else 'no-checkpointing'}/{row['gpus']}"
+        assert row["peak"] == doc["finetune"][key]["peak"]
+        # the cheaper choices do not fit: fewer GPUs, or the same count without checkpointing
+        cheaper = [f"{method}/L20/micro16/{gc}/{n}" for n in (1, 2, 4, 8) if n < row["gpus"]
+                   for gc in ("no-checkpointing", "checkpointing")]
+        if row["gradient_checkpointing"]:
+            cheaper.append(f"{method}/L20/micro16/no-checkpointing/{row['gpus']}")
+        assert all(doc["finetune"][k]["peak"] > budget for k in cheaper if k in doc["finetune"])
+    small = P.memory_fit(cfg, results, 40)
+    with capsys.disabled():
+        print("\n40 GB card:", {k: (v["gpus"], v["gradient_checkpointing"], round((v["peak"] or 0) / 2**30, 1), v["fits"])
+                                for k, v in small.items()})
+    assert not small["score_shard"]["fits"]  # 26 GB of fp32 score sums + 14 GB of weights
+
+
+def test_finetune_fit_refuses_an_unmeasured_micro_batch_in_one_line(tmp_path):
+    cfg = P.load_config([str(ROOT / "configs" / "llava-1.5-7b.yaml")], str(ROOT / "config.yaml"))
+    cfg["finetune"]["train"]["batch_size"] = 3
+    with pytest.raises(ValueError, match=r"^finetune: no memory measurement covers micro-batch 3 at L=20 "):
+        P.finetune_fit(cfg, ROOT / "benchmarks" / "results", 80)

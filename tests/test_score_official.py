@@ -85,6 +85,34 @@ def test_official_scores_equal_the_authors_algorithm(llava_and_probes):
     assert any(not np.allclose(other[n].numpy(), ours[n].numpy(), rtol=1e-3) for n in ours)
 
 
+def test_official_scoring_accumulates_no_weight_gradient_and_scores_are_bit_identical(llava_and_probes,
+                                                                                       monkeypatch):
+    """Trainable parameters are frozen during the scoring backward (no .grad for any weight), and the
+    scores equal bit for bit those of the backward that did accumulate weight gradients."""
+    import contextlib
+
+    import dowser.score as score
+
+    model, _, probes = llava_and_probes
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    try:
+        ours = score_model_official(model, probes, draws=2, seed=5)
+        assert all(p.grad is None and p.requires_grad for p in model.parameters())
+        monkeypatch.setattr(score, "frozen_parameters", lambda m: contextlib.nullcontext())
+        before = score_model_official(model, probes, draws=2, seed=5)
+        assert sum(p.grad is not None for p in model.parameters()) > 14  # the old path did accumulate
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+            p.grad = None
+    assert set(ours) == set(before)
+    for name in ours:
+        assert torch.equal(ours[name], before[name]), name
+
+
 def test_official_differs_from_the_default_estimator(llava_and_probes):
     model, _, probes = llava_and_probes
     ours = score_model_official(model, probes, draws=2, seed=1)

@@ -179,6 +179,12 @@ def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).sum(1)
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t (1-D, ascending) whose next token is an answer token of at least one row: the
+    only positions whose logits the loss reads."""
+    return (labels[:, 1:] != -100).any(0).nonzero().flatten()
+
+
 class Indexed(torch.utils.data.Dataset):
     """Samples with their index (key `sample`), for per-sample state kept across epochs."""
 

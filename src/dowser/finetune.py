@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from dowser.artifacts import atomic_path, write_json, write_spec
 from dowser.checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
-from dowser.data import Indexed, SFTSamples, answer_tokens, collate, read_rows
+from dowser.data import Indexed, SFTSamples, answer_positions, answer_tokens, collate, read_rows
 from dowser.methods import get_method
 from dowser.models import load_artifact, trainable_modules
 from dowser.recompute import recompute_sparse_weights
@@ -121,7 +121,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     method = get_method(spec["method"], spec.get("params"))
     if method.post_hoc:
         raise ValueError(f"method '{spec['method']}' is post-hoc: it edits a Full-FT run (--parent)")
-    masks = None if method.dense else read_checked_masks(spec, mask_path)
+    if not method.dense:
+        read_checked_masks(spec, mask_path, names=set())  # the file and its spec, before the model loads
     torch.manual_seed(cfg.seed)
     state, mode = start(sharding)  # the process group first: under FSDP only rank 0 reads the checkpoint
     rank0 = loads_on_rank0(mode, state.num_processes)
@@ -138,15 +139,20 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     # before any change: ||dW|| / ||W0|| at the end, on the main process alone (ranks > 0 may hold
     # meta tensors until prepare broadcasts rank 0's weights)
     extras = dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head)  # named before prepare renames any
+    # only the trained blocks' masks are unpacked (all 32 of LLaVA-1.5-7B: 6.5 GB per process)
+    masks = None if method.dense else read_checked_masks(spec, mask_path,
+                                                         names={m.name for m in trainable_modules(model, depth)})
     base = base_weights(model, depth, dense=method.dense, extras=extras) if main else {}
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
     vectors = [p for _, p in extras]
     for p in vectors:
         p.requires_grad_(True)
     params = fp32_masters(list(params) + vectors)
+    keep_output_dtype(model, extras if cfg.train_norms else [])  # fp32 norm weights: bf16 outputs
     table = trainable_table(model)
     n_trainable = sum(r["trainable"] for r in table)
     expected = method.expected_trainable(model, depth, masks) + sum(p.numel() for p in vectors)
+    del masks  # the parametrizations hold their indices
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
@@ -157,7 +163,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     if main:
         write_json(out_dir / "trainable.json", {"total_trainable": n_trainable, "groups": table})
     total = math.ceil(sampler.total / cfg.grad_accum)  # optimizer steps
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))  # stepped by hand, once
     model, opt = prepare(acc, model, opt)
     params = unwrap_params(opt)
@@ -194,19 +200,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
                initial=start, total=total)
     for step in bar:
         window = [next(batches) for _ in range(min(cfg.grad_accum, sampler.total - step * cfg.grad_accum))]
-        count = acc.reduce(sum(answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
         lr = sched.get_last_lr()[0]
-        loss_sum = torch.zeros((), device=acc.device)
-        for j, batch in enumerate(window):
-            sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
-            with sync:
-                loss = token_loss(model, batch, prefix)
-                # DDP / FSDP average gradients over processes: scale so the result is sum / count
-                acc.backward(loss * acc.num_processes / count.clamp(min=1))
-            loss_sum += loss.detach()
-        if cfg.max_grad_norm:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
+        loss_sum, count = optimizer_step(acc, model, window, params, opt, cfg, prefix)
         sched.step()
         method.on_step(model, step)  # after the optimizer step, clipped grads still in .grad
         opt.zero_grad(set_to_none=True)
@@ -248,20 +243,87 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     return summary
 
 
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the fp32 masters, fused: the default foreach path allocates a temporary copy of
+    every trainable tensor at each step (Full-FT at L = 20 of LLaVA-1.5-7B: +16.7 GB,
+    benchmarks/results/memory_7b.json)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def optimizer_step(acc, model, window: list[dict], params, opt, cfg: TrainConfig, prefix=None):
+    """One optimizer step over the micro-batches of `window` (forward, backward, clipping, AdamW);
+    -> (this process's loss sum, the global batch's answer-token count). Gradients are reduced after
+    the last micro-batch only (`no_sync` before it; under FSDP2 that holds unsharded gradients between
+    micro-batches, which benchmarks/memory_7b.py measured not to raise the step's peak)."""
+    count = acc.reduce(sum(answer_tokens(b["labels"]).sum() for b in window).to(acc.device), "sum")
+    loss_sum = torch.zeros((), device=acc.device)
+    for j, batch in enumerate(window):
+        sync = contextlib.nullcontext() if j == len(window) - 1 else acc.no_sync(model)
+        with sync:
+            loss = token_loss(model, batch, prefix)
+            # DDP / FSDP average gradients over processes: scale so the result is sum / count
+            acc.backward(loss * acc.num_processes / count.clamp(min=1))
+        loss_sum += loss.detach()
+    if cfg.max_grad_norm:
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    return loss_sum, count
+
+
 def token_loss(model, batch: dict, prefix=None) -> torch.Tensor:
     """Sum of the next-token cross-entropy over answer tokens (fp32 logits), not a mean: the caller
-    divides by the global batch's count."""
+    divides by the global batch's count. No KV cache; lm_head and the fp32 logits run only at the
+    positions that predict an answer token of some row (`logits_to_keep`, where the model has it;
+    the batch's `answer_positions` when given, e.g. computed on the host: no device sync)."""
     labels, samples = batch.pop("labels"), batch.pop("sample", None)  # sample ids: only the prefix cache reads them
+    given = batch.pop("answer_positions", None)
     bypass = contextlib.nullcontext()
     if prefix is not None:
         if samples is None:
             raise ValueError("token_loss: a prefix cache needs the batch's 'sample' ids (dowser.data.collate)")
         prefix.current = samples.tolist()
         bypass = prefix.bypass()
+    target = labels[:, 1:]
+    extra = {}
+    if _forward_accepts(model, "use_cache"):
+        extra["use_cache"] = False
+    if _forward_accepts(model, "logits_to_keep"):
+        keep = answer_positions(labels) if given is None else given
+        extra["logits_to_keep"] = keep
+        target = target[:, keep]
     with bypass, recompute_sparse_weights(model):  # no W0 + scatter copy kept for backward
-        logits = model(**batch).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+        logits = model(**batch, **extra).logits
+    if "logits_to_keep" not in extra:
+        logits = logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
                                              ignore_index=-100, reduction="sum")
+
+
+def _forward_accepts(model, name: str) -> bool:
+    import inspect
+
+    forward = getattr(model, "module", model).forward  # DDP wraps the model
+    params = inspect.signature(forward).parameters
+    # transformers 5 takes use_cache through **kwargs
+    return name in params or (name == "use_cache" and any(p.kind is p.VAR_KEYWORD for p in params.values()))
+
+
+def keep_output_dtype(model, vectors: list) -> None:
+    """Modules whose 1-D weights train (norms: fp32 masters) return their input's dtype, as they did
+    with the model's own weights: an fp32 norm weight times a bf16 input is fp32, and each linear
+    reading it then saves its own bf16 cast for backward (~+27% of a block's activations)."""
+    owners = {name.rsplit(".", 1)[0] for name, p in vectors if p.dim() == 1}
+    for name, module in model.named_modules():
+        if name in owners:
+            module.register_forward_hook(_input_dtype)
+
+
+def _input_dtype(module, inputs, output):
+    x = inputs[0] if inputs else None
+    if isinstance(output, torch.Tensor) and isinstance(x, torch.Tensor) and x.is_floating_point() \
+            and output.dtype != x.dtype:
+        return output.to(x.dtype)
+    return output
 
 
 def frozen_prefix(model, depth: int, data, pad_id: int, acc, budget_bytes: int = 1 << 30):
@@ -281,8 +343,9 @@ def frozen_prefix(model, depth: int, data, pad_id: int, acc, budget_bytes: int =
     return prefix
 
 
-def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
-    """The run's mask, refused unless the spec stored in the file is the one the run names (issue 9)."""
+def read_checked_masks(spec: dict, mask_path: Path | None, names: set[str] | None = None) -> dict:
+    """The run's mask, refused unless the spec stored in the file is the one the run names (issue 9);
+    `names`: only those modules' masks are unpacked (the trained blocks')."""
     import h5py
 
     from dowser.mask import load_masks
@@ -290,7 +353,7 @@ def read_checked_masks(spec: dict, mask_path: Path | None) -> dict:
 
     if mask_path is None:
         raise ValueError(f"method '{spec['method']}' needs a mask file (--mask)")
-    masks = load_masks(mask_path)  # its own one-line errors for missing / corrupt files
+    masks = load_masks(mask_path, names)  # its own one-line errors for missing / corrupt files
     with h5py.File(mask_path, "r") as f:
         stored = f.attrs.get("spec", "{}")
     try:

@@ -319,7 +319,8 @@ def save_masks(masks: Mapping, path, rho: float, spec_json: str = "{}") -> str:
     return json.dumps(summary)
 
 
-def load_masks(path) -> dict[str, np.ndarray]:
+def load_masks(path, names=None) -> dict[str, np.ndarray]:
+    """{module: bool mask} of a mask file; `names`: only those modules are unpacked (others skipped)."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -327,6 +328,8 @@ def load_masks(path) -> dict[str, np.ndarray]:
     with f:
         out = {}
         for name, ds in f.items():
+            if names is not None and name not in names:
+                continue
             shape = tuple(int(x) for x in ds.attrs["shape"])
             m = np.unpackbits(ds[()], count=int(np.prod(shape))).astype(bool).reshape(shape)
             if int(m.sum()) != int(ds.attrs["count"]):

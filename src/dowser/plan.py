@@ -337,10 +337,124 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
         artifacts[key] = (count + 1, total + size)  # deltas: (count, total bytes)
     eval_bytes = (items or 1000) * len(benchmarks) * (100 + 8 * int(ev.get("max_new_tokens", 16)))
     artifacts["evaluation (predictions.jsonl)"] = (len(grid.evals), eval_bytes)
+    fit = memory_fit(config, Path(results), GPUS[gpu][1])
+    measured_peak: dict[str, list] = {}
+    for rule, row in fit.items():  # measured peaks per device replace the formulas' where every row has one
+        if rule.split(" ")[0] in jobs:
+            measured_peak.setdefault(rule.split(" ")[0], []).append(row["peak"])
+    for rule, peaks in measured_peak.items():
+        if None not in peaks:
+            jobs[rule].update(peak_memory=max(peaks), measured=True)
     return {"shape": sh, "gpu": gpu, "mfu": mfu, "mfu_source": mfu_source, "measured": meas, "jobs": jobs,
+            "memory_fit": fit,
             "depths": depth_rows, "artifacts": artifacts, "mask_uses": uses, "n_scored": n_dec,
             "s_train": s_train, "samples": samples, "micro_batch": micro, "checkpointing": checkpointing,
-            "eval_items": items, "official": official, "tasks": len(config["finetune"]["tasks"]), "runs": len(grid.runs)}
+            "eval_items": items, "official": official, "model_name": str(config["model"].get("name")),
+            "tasks": len(config["finetune"]["tasks"]), "runs": len(grid.runs)}
+
+
+# Peak device memory measured at true shapes (benchmarks/memory_7b.py, fake tensors through the
+# project's own code), per model: what resources.smk and the tables below size jobs from.
+MEASURED_MEMORY = {"llava-hf/llava-1.5-7b-hf": "memory_7b.json"}
+FIT_FRACTION = 0.9  # of a GPU's memory a job may plan to use (the rest: allocator, kernels, fragmentation)
+GPU_MEMORY_GIB = 80  # the card workflow/rules/resources.smk sizes jobs for (A100 / H100 80 GB)
+
+
+def measured_memory(config: dict, results: Path = Path("benchmarks/results")) -> dict | None:
+    """The current numbers of the config's model's memory measurement, or None when none exists."""
+    name = MEASURED_MEMORY.get(str(config["model"].get("name")))
+    path = Path(results) / name if name else None
+    if path is None or not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if "current" not in doc:
+        raise ValueError(f"{path}: no 'current' measurement (run benchmarks/memory_7b.py)")
+    return doc["current"]
+
+
+def _finetune_peak(ft: dict, method: str, depth: int, micro: int, checkpointing: bool, procs: int):
+    """The measured peak for this run, or that of the shallowest measured depth above it (memory grows
+    with L); None when nothing covers it."""
+    tail = f"/micro{micro}/{'checkpointing' if checkpointing else 'no-checkpointing'}/{procs}"
+    found = []
+    for key, row in ft.items():
+        m, level, rest = key.split("/", 2)
+        if m == method and "/" + rest == tail and int(level[1:]) >= depth:
+            found.append((int(level[1:]), row["peak"]))
+    return min(found)[1] if found else None
+
+
+def measured_as(method: str, ft: dict) -> str:
+    """The measured method whose fine-tune step a method's is: itself, else Full-FT's (dense methods)
+    or Dowser's (masked: the same parametrization and entry count)."""
+    if any(k.startswith(method + "/") for k in ft):
+        return method
+    return "full" if traits(method).dense else "dowser"
+
+
+def finetune_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_gib: float = GPU_MEMORY_GIB,
+                 runs: list[tuple[str, int]] | None = None) -> dict | None:
+    """GPUs and gradient checkpointing for fine-tunes from the measurement: the fewest processes, then
+    no checkpointing when that fits, such that every run's (method, depth; default: the config's
+    training runs) measured peak per device is at most FIT_FRACTION of `gpu_gib`. None when the
+    model has no measurement."""
+    doc = measured_memory(config, results)
+    if doc is None:
+        return None
+    ft, train = doc.get("finetune", {}), config["finetune"]["train"]
+    micro = int(train.get("batch_size", 32))
+    if runs is None:
+        runs = [(m, int(d)) for m in config["finetune"]["methods"] if not traits(m).post_hoc
+                for d in config["finetune"]["depths"]]
+    runs = sorted({(measured_as(m, ft), d) for m, d in runs})
+    budget = FIT_FRACTION * gpu_gib * GIB
+    largest = None
+    for procs in (1, 2, 4, 8):
+        for checkpointing in (False, True):
+            peaks = {run: _finetune_peak(ft, *run, micro, checkpointing, procs) for run in runs}
+            if any(v is None for v in peaks.values()):
+                continue
+            (method, depth), peak = max(peaks.items(), key=lambda kv: kv[1])
+            largest = (method, depth, procs, checkpointing, peak)
+            if peak <= budget:
+                return {"gpus": procs, "gradient_checkpointing": checkpointing, "peak": peak, "method": method,
+                        "depth": depth, "gpu_gib": gpu_gib}
+    if largest is None:
+        depths = ", ".join(f"L={d}" for d in sorted({d for _, d in runs}))
+        raise ValueError(f"finetune: no memory measurement covers micro-batch {micro} at {depths} "
+                         f"(run benchmarks/memory_7b.py with --micro/--depth)")
+    method, depth, procs, checkpointing, peak = largest
+    raise ValueError(f"finetune: {method} at L={depth} needs {peak / GIB:.1f} GiB per device on {procs} GPU(s)"
+                     f"{' with' if checkpointing else ' without'} gradient checkpointing, more than "
+                     f"{FIT_FRACTION:.0%} of {gpu_gib} GiB; measured no larger GPU count")
+
+
+def memory_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_gib: float = GPU_MEMORY_GIB) -> dict:
+    """Per GPU job kind: measured peak per device, GPUs requested, whether it fits FIT_FRACTION of
+    `gpu_gib` ({} when the model has no measurement)."""
+    doc = measured_memory(config, results)
+    if doc is None:
+        return {}
+    budget = FIT_FRACTION * gpu_gib * GIB
+    out = {}
+    for rule, row in (("probe", doc.get("probe")), ("score_shard", doc.get("score")),
+                      ("evaluate (generate)", (doc.get("evaluate") or {}).get("generate")),
+                      ("evaluate (label scoring)", (doc.get("evaluate") or {}).get("label_scoring"))):
+        if row is not None:
+            out[rule] = {"peak": row["peak"], "gpus": 1, "gradient_checkpointing": False, "fits": row["peak"] <= budget,
+                         "note": f"more than {FIT_FRACTION:.0%} of {gpu_gib} GiB on its one GPU"}
+    methods = [m for m in config["finetune"]["methods"] if not traits(m).post_hoc]
+    for method in methods:  # one row per method: resources.smk sizes each run on its own
+        for depth in sorted({int(d) for d in config["finetune"]["depths"]}):
+            rule = f"finetune ({method}, L={depth})"
+            try:
+                fit = finetune_fit(config, results, gpu_gib, runs=[(method, depth)])
+            except ValueError as e:
+                out[rule] = {"peak": None, "gpus": None, "gradient_checkpointing": None, "fits": False, "note": str(e)}
+            else:
+                out[rule] = {"peak": fit["peak"], "gpus": fit["gpus"], "gradient_checkpointing": fit["gradient_checkpointing"],
+                             "fits": True}
+    return out
 
 
 def fits_on(mem: dict, gpu_gib: float, counts=(1, 2, 4, 8)) -> int | None:
@@ -378,17 +492,29 @@ def markdown(p: dict, command: str) -> str:
              f"Training sequences: {p['s_train']} tokens ({sh.image_tokens} image + text), {p['samples']:,} samples "
              f"per run, micro-batch {p['micro_batch']} per GPU, gradient checkpointing "
              f"{'on' if p['checkpointing'] else 'off'}.", "",
-             "| rule | jobs | GPU-hours per job | GPU-hours total | peak GPU memory per job |",
+             "| rule | jobs | GPU-hours per job | GPU-hours total | peak GPU memory per job (* measured, per device) |",
              "|---|---:|---:|---:|---:|"]
     for rule, j in p["jobs"].items():
         each = j["gpu_hours"] / j["jobs"] if j["gpu_hours"] else 0
         note = "" if j.get("all_modelled", True) else " (post-hoc, SPIDER, LoRA runs not counted)"
         if rule == "evaluate" and j.get("items_per_benchmark") is None:
             note = " (per 1,000 items per benchmark: `evaluate.limit` is null)"
-        lines.append(f"| {rule} | {j['jobs']} | {_hours(each)}{note} | {_hours(j['gpu_hours'])} | {_gib(j['peak_memory'])} |")
+        lines.append(f"| {rule} | {j['jobs']} | {_hours(each)}{note} | {_hours(j['gpu_hours'])} | "
+                     f"{_gib(j['peak_memory'])}{' *' if j.get('measured') else ''} |")
     total = sum(j["gpu_hours"] for j in p["jobs"].values())
-    lines += [f"| **all** | {sum(j['jobs'] for j in p['jobs'].values())} | | **{_hours(total)}** | |", "",
-              "Fine-tune per run, by depth L (peak memory = weights + training state + activations; "
+    lines += [f"| **all** | {sum(j['jobs'] for j in p['jobs'].values())} | | **{_hours(total)}** | |", ""]
+    if p.get("memory_fit"):
+        lines += [f"Peak GPU memory per device, measured at the model's true shapes "
+                  f"(benchmarks/results/{MEASURED_MEMORY[p['model_name']]}, `benchmarks/memory_7b.py`); "
+                  f"a job fits when its peak is at most {FIT_FRACTION:.0%} of the {p['gpu']}'s {gpu_mem} GiB:", "",
+                  "| job | peak per device | GPUs | gradient checkpointing | fits |", "|---|---:|---:|---|---|"]
+        for rule, row in p["memory_fit"].items():
+            lines.append(f"| {rule} | {_gib(row['peak'])} | {row['gpus'] or '—'} | "
+                         f"{'—' if row['gradient_checkpointing'] is None else ('on' if row['gradient_checkpointing'] else 'off')}"
+                         f" | {'yes' if row['fits'] else 'no: ' + row.get('note', '')} |")
+        lines.append("")
+    lines += [
+              "Fine-tune per run, by depth L (formula; peak memory = weights + training state + activations; "
               "GPUs to fit: weights and state sharded with FSDP / ZeRO-3, micro-batch split, 90% of memory):", ""]
     keys = [k for k in next(iter(p["depths"].values())) if k not in ("depth", "trainable", "gpu_hours")]
     lines += ["| L | trainable weights | GPU-hours per run | "

@@ -31,6 +31,7 @@ passes, the same numbers), so with G = 2 13B needs about 26 + 26 GB plus activat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ def accumulate_scores(model, token_ids: list[list[int]], probe_indices: list[int
                         pix = torch.stack(pixel_values[start : start + cfg.batch_size]).to(device)
                         extra["pixel_values"] = pix.to(param.dtype)
                     out = model(input_ids=ids, attention_mask=attn, output_hidden_states=cfg.output == "hidden",
-                                **extra)
+                                use_cache=False, **extra)
                     f = out.logits if cfg.output == "logits" else out.hidden_states[-1]
                     unseen = [n for n in names if n not in cap.out]
                     if unseen:
@@ -330,6 +331,21 @@ def finalize(stats: dict, abs_w: dict[str, torch.Tensor], n: int) -> dict[str, t
 # count only real tokens, and "last position" is each row's last real token.
 
 
+@contextlib.contextmanager
+def frozen_parameters(model):
+    """Parameters that require grad stop requiring it for the duration (restored after): the
+    scoring backward needs only module inputs' and outputs' gradients, and a trainable parameter
+    would accumulate a .grad (all of LLaVA-1.5-7B's weights: +13 GB and ~twice the backward)."""
+    thawed = [p for p in model.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
+
+
 def official_batch_ids(indices, batch_size: int, batch=None) -> list[int]:
     """The scoring batch of each probe/sample: the probe stage's `batch` column when there is
     one (official probes), else consecutive groups of `batch_size` by index."""
@@ -396,8 +412,8 @@ def accumulate_official(model, token_ids: list[list[int]], probe_indices: list[i
             for m in range(draws):
                 cap.x.clear()
                 cap.g.clear()
-                with torch.enable_grad():
-                    logits = model(input_ids=ids, attention_mask=attn, **extra).logits
+                with torch.enable_grad(), frozen_parameters(model):
+                    logits = model(input_ids=ids, attention_mask=attn, use_cache=False, **extra).logits
                     at_last = logits[torch.arange(B, device=device), last]  # (B, V)
                     V = at_last.shape[-1]
                     xi = torch.cat([rademacher((1, V), draw_seed(seed, probe_indices[i], m)) for i in group])

@@ -72,8 +72,10 @@ def head_params(model) -> list[tuple[str, nn.Parameter]]:
     if head is None or getattr(head, "weight", None) is None:
         raise ValueError("finetune.train.train_lm_head: the model has no lm_head (get_output_embeddings() is None)")
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and (emb.weight is head.weight or (not head.weight.is_meta and  # meta: data_ptr() is 0
-                                                           emb.weight.data_ptr() == head.weight.data_ptr())):
+    # one storage, not one data_ptr(): that is 0 for every meta and fake tensor (benchmarks/memory_7b.py)
+    if emb is not None and (emb.weight is head.weight or (not head.weight.is_meta and not emb.weight.is_meta and
+                                                           emb.weight.untyped_storage()._cdata ==
+                                                           head.weight.untyped_storage()._cdata)):
         raise ValueError("finetune.train.train_lm_head: the model's lm_head weight is tied to its input embeddings "
                          "(tie_word_embeddings); training it would also train embed_tokens")
     names = {id(p): n for n, p in model.named_parameters()}

@@ -136,6 +136,7 @@ rule continual_finetune:
         mask=lambda wc, input: opts(input, mask="--mask"),
         out=lambda wc: f"{CONT_DIR}/runs/{wc.run}",
         launcher=finetune_launcher,
+        gradient_checkpointing=finetune_runtime_flags,  # as rule finetune's
     threads: job_threads("finetune")
     resources:
         gpu=job_gpus("finetune"),
@@ -145,7 +146,7 @@ rule continual_finetune:
         "../../envs/dowser.yaml"
     shell:
         "{params.launcher} finetune --spec {params.spec:q} --model {input.model} --data {input.data}"
-        " {params.mask} --out {params.out} > {log} 2>&1"
+        " {params.mask} {params.gradient_checkpointing} --out {params.out} > {log} 2>&1"
 
 
 rule continual_model:

@@ -18,6 +18,8 @@ rule finetune:
         mask=lambda wc, input: opts(input, mask="--mask", parent="--parent"),
         out=lambda wc: f"results/runs/{wc.run}",
         launcher=finetune_launcher,
+        # runtime (same weights), like the launcher: from the memory measurement (resources.smk)
+        gradient_checkpointing=finetune_runtime_flags,
     threads: job_threads("finetune")
     resources:
         gpu=job_gpus("finetune"),
@@ -27,4 +29,4 @@ rule finetune:
         "../../envs/dowser.yaml"
     shell:
         "{params.launcher} finetune --spec {params.spec:q} --model {input.model} --data {input.data}"
-        " {params.mask} {CHECKPOINT_EVERY} --out {params.out} > {log} 2>&1"
+        " {params.mask} {CHECKPOINT_EVERY} {params.gradient_checkpointing} --out {params.out} > {log} 2>&1"

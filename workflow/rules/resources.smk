@@ -4,11 +4,22 @@
 # model needs (a 7B fine-tune vs the CPU-only world). A site overrides any of them per rule
 # with `set-resources` in slurm/config.yaml. Host memory per billion parameters: bf16 weights
 # are 2 GB/B; fp32 score sums (merge, mask) 4 GB/B per copy.
+from functools import lru_cache
+from pathlib import Path
+
 from dowser.config import model_params_b
+from dowser.methods.table import traits
+from dowser.plan import GPU_MEMORY_GIB, finetune_fit
 
-
+MEASUREMENTS = Path(workflow.basedir) / "benchmarks" / "results"
 try:
     MODEL_B = model_params_b(config)
+    # A measured model's fine-tunes (benchmarks/results/memory_7b.json: peak per device at true shapes):
+    # each run gets the fewest GPUs, then gradient checkpointing only if needed, that hold it at <= 90%
+    # of an 80 GB card (finetune_resources); checked for every run here, at parse time. Unmeasured
+    # models and post-hoc runs fall back to finetune_gpus' parameter count.
+    MEASURED = config["model"]["source"] != "world" and \
+        finetune_fit(config, MEASUREMENTS, GPU_MEMORY_GIB) is not None
 except ValueError as e:
     sys.exit(f"config error: {e}")
 
@@ -28,22 +39,43 @@ JOB_SIZES = {
 
 
 def finetune_gpus(b):
-    # One GPU holds a <=8B model in bf16 plus the last-L-blocks optimizer state; larger models
-    # get more GPUs (data parallel through accelerate launch, see finetune_launcher).
+    # Unmeasured models: by parameter count (data parallel through accelerate launch, see
+    # finetune_launcher); measured ones: FINETUNE_FIT.
     return 1 if b <= 8 else 2 if b <= 16 else 4 if b <= 40 else 8
+
+
+@lru_cache(maxsize=None)
+def finetune_resources(run_id):
+    """{gpus, gradient_checkpointing} of one run (of the grid, or of the continual chain)."""
+    run = GRID.runs.get(run_id) or (CONT.runs.get(run_id) if CONT else None)
+    if run is None:
+        raise ValueError(f"finetune_resources: no run {run_id} in the grid or the continual chain")
+    if not MEASURED or traits(run.method).post_hoc:
+        return {"gpus": finetune_gpus(MODEL_B), "gradient_checkpointing": False}
+    return finetune_fit(config, MEASUREMENTS, GPU_MEMORY_GIB, runs=[(run.method, run.depth)])
 
 
 def job_gpus(stage):
     if config["model"]["source"] == "world":
         return 0  # the miniature world runs on CPU
-    return finetune_gpus(MODEL_B) if stage == "finetune" else JOB_SIZES[stage][0]
+    if stage == "finetune":
+        return lambda wildcards: finetune_resources(wildcards.run)["gpus"]
+    return JOB_SIZES[stage][0]
 
 
 def job_threads(stage):
     gpus = job_gpus(stage)
+    if callable(gpus):
+        return lambda wildcards: 4 * gpus(wildcards)
     if gpus:
         return 4 * gpus  # data loading and tokenization per GPU
     return 2 if stage == "model" or MODEL_B else 1
+
+
+def finetune_runtime_flags(wildcards):
+    """--gradient-checkpointing where the run needs it to fit (the same weights either way)."""
+    world = config["model"]["source"] == "world"
+    return "--gradient-checkpointing" if not world and finetune_resources(wildcards.run)["gradient_checkpointing"] else ""
 
 
 def job_mem_mb(stage):
