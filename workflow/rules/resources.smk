@@ -5,6 +5,7 @@
 # with `set-resources` in slurm/config.yaml. Host memory per billion parameters: bf16 weights
 # are 2 GB/B; fp32 score sums (merge, mask) 4 GB/B per copy.
 from dowser.config import model_params_b
+from dowser.evaltime import eval_job_minutes
 
 
 try:
@@ -53,13 +54,28 @@ def job_mem_mb(stage):
     return lambda wildcards, attempt: int(mb * (1 + 0.5 * (attempt - 1)))
 
 
+def eval_minutes(wildcards, fallback):
+    """A hub model's evaluation: minutes from its benchmarks' item counts and the model's shape
+    (dowser.evaltime); `fallback` (the per-B formula) where either is unknown to dowser.plan."""
+    ev = GRID.evals.get(wildcards.eval)  # continual evaluations: the configured benchmarks
+    names = ev.benchmarks if ev else list(config["evaluate"]["upstream"]) + list(config["evaluate"]["downstream"])
+    limit = ev.params.get("limit") if ev else config["evaluate"].get("limit")
+    try:
+        return eval_job_minutes(config, names, limit)
+    except ValueError:
+        return fallback
+
+
 def job_runtime(stage):
-    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes resume)."""
+    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes and
+    evaluations resume)."""
     _, _, _, base, per_b = JOB_SIZES[stage]
     minutes = base + per_b * MODEL_B
     if stage == "score_shard" and GRID.score is not None:
         minutes = max(30, minutes / GRID.score.shards)
     minutes = int(minutes)
+    if stage == "evaluate" and config["model"]["source"] != "world":
+        return lambda wildcards, attempt: eval_minutes(wildcards, minutes) * 2 ** (attempt - 1)
     return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
 
 
