@@ -49,3 +49,14 @@ def test_job_minutes_grow_with_items():
     paper = ["textvqa-ocr", "okvqa", "ocrvqa", "gqa", "mmbench", "mmbench-cn", "coco-caption", "flickr30k",
              "imagenet-r", "iconqa"]
     assert E.eval_job_minutes(config, paper, None) > 3 * 165 > 165 > E.eval_job_minutes(config, paper, 1000)
+
+
+def test_ci_halfwidth():
+    assert E.ci_halfwidth(1000) == pytest.approx(1.96 * 0.5 / 1000 ** 0.5)  # 3.10 points
+    assert E.ci_halfwidth(12_578, 0.62) == pytest.approx(1.96 * (0.62 * 0.38 / 12_578) ** 0.5)
+    # the whole split: no sampling error left; half of it: sqrt((N - n) / (N - 1))
+    assert E.ci_halfwidth(12_578, population=12_578) == 0.0
+    assert E.ci_halfwidth(500, population=1000) == pytest.approx(E.ci_halfwidth(500) * (500 / 999) ** 0.5)
+    assert E.ci_halfwidth(500, design_effect=2.0) == pytest.approx(E.ci_halfwidth(250))
+    with pytest.raises(ValueError, match="n: need at least one item, got 0"):
+        E.ci_halfwidth(0)

@@ -356,7 +356,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(vlm32k, data_root, m
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", spy)
-    static = InMemoryVLM(model, processor, batch_size=3).generate_until(gen)
-    dynamic = InMemoryVLM(model, processor, batch_size=3, static_cache=False).generate_until(gen)
+    static = InMemoryVLM(model, processor, batch_size=3, static_cache=True).generate_until(gen)
+    dynamic = InMemoryVLM(model, processor, batch_size=3).generate_until(gen)  # CPU: dynamic
     assert caches == [StaticCache] * 3 + [type(None)] * 3
     assert static == dynamic and len(set(static)) > 1

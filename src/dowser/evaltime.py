@@ -92,3 +92,17 @@ def eval_job_minutes(config: dict, benchmarks, limit: int | None, gpu: str = "a1
                                gpu, mfu or DEFAULT_MFU, dtype_bytes=dtype_bytes)["total"]
                   for b in benchmarks)
     return JOB_OVERHEAD_MIN + math.ceil(SAFETY * seconds / 60)
+
+
+def ci_halfwidth(n: int, p: float = 0.5, *, z: float = 1.96, population: int | None = None,
+                 design_effect: float = 1.0) -> float:
+    """Half-width of the normal-approximation confidence interval of an accuracy `p` measured on
+    `n` items: z sqrt(deff p (1 - p) / n), times the finite-population correction
+    sqrt((N - n) / (N - 1)) when the items are drawn from a split of N. `design_effect` > 1 for
+    items that come in correlated clusters (several questions per image: 1 + (m - 1) rho)."""
+    if n <= 0:
+        raise ValueError(f"n: need at least one item, got {n}")
+    se = math.sqrt(design_effect * p * (1 - p) / n)
+    if population is not None and population > 1:
+        se *= math.sqrt(max(population - n, 0) / (population - 1))
+    return z * se

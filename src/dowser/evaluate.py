@@ -130,7 +130,7 @@ def _run_lmeval(lm, manager, configs: list[dict], limit: int | None) -> dict:
                                   log_samples=True, apply_chat_template=True)
     finally:
         evaluator.LMEVAL_HASHMM = hashing
-        lm.first_step.clear()
+        lm.forget()
         images.release()
         gc.unfreeze()
 
@@ -163,7 +163,8 @@ def _resumable(out_dir: Path, key: dict, names: list[str]) -> set[str]:
 def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path, *,
                         batch_size: int = 32, limit: int | None = None,
                         max_new_tokens: int = 16, out_dir: Path | None = None,
-                        resume_key: dict | None = None) -> dict[str, dict]:
+                        resume_key: dict | None = None, static_cache: bool | None = None
+                        ) -> dict[str, dict]:
     """Evaluate `model` (left in eval mode) on every benchmark, in order.
 
     Returns {benchmark: {"benchmark", "metric", "value" (paper scale), "n", "label_acc"
@@ -175,6 +176,7 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
     `limit` takes the first N examples of each benchmark (a smoke run).
     `resume_key` (with `out_dir`; JSON, e.g. the spec and `input_stamp`s of the model and run):
     benchmarks whose files `out_dir` already holds under this key are read back, not rerun.
+    `static_cache`: generate into a static KV cache (default: on accelerators; `InMemoryVLM`).
     """
     import lm_eval.evaluator  # noqa: F401  (imported before the clock starts)
     from lm_eval.tasks import TaskManager
@@ -187,7 +189,7 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
         _check_data(info, data_root)
     for name in ("lm_eval", "lm_eval.api.task"):
         logging.getLogger(name).addFilter(_QUIET)  # a no-op when already there
-    lm = InMemoryVLM(model, processor, batch_size=batch_size)
+    lm = InMemoryVLM(model, processor, batch_size=batch_size, static_cache=static_cache)
     manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
     results, done = {}, set()
     if out_dir is not None:

@@ -15,8 +15,8 @@ Why a subclass of lm-eval 0.4.13's `HFMultimodalLM` ("hf-multimodal") is needed:
   generation kwargs), its encoding (`tok_batch_multimodal_encode`) and its stop-string
   cut, without those costs.
 - Requests carry image references (`dowser.tasks.images`): each batch decodes its own.
-- Generation writes keys and values into a static cache (no per-step concatenation of the
-  whole cache; not compiled, so prompts of any length run eager).
+- On accelerators, generation writes keys and values into a static cache (no per-step
+  concatenation of the whole cache; not compiled, so prompts of any length run eager).
 - The first generated step's log-probabilities of each doc's closed answers (the label task's
   choices) are kept, a few floats per doc at any vocabulary size: the label task that follows
   scores single-token answers from them without another forward pass.
@@ -60,24 +60,38 @@ class _FirstStep(LogitsProcessor):
 
 class InMemoryVLM(HFMultimodalLM):
     def __init__(self, model, processor, *, batch_size: int = 32, max_length: int | None = None,
-                 static_cache: bool = True):
+                 static_cache: bool | None = None):
         super().__init__(pretrained=model, tokenizer=processor, batch_size=batch_size,
                          max_length=max_length)
         # (context, image key) -> (argmax token, {candidate token: log-prob}) of the first step
         self.first_step: dict[tuple[str, str], tuple[int, dict[int, float]]] = {}
-        self.static_cache = static_cache
+        self._ids: dict[tuple[str, str], list[int]] = {}  # (context, continuation) -> token ids
+        # None: on accelerators only. There a step's torch.cat rewrites the whole cache (batch 64 x
+        # 640 tokens of a 7B: 21 GB per step); on CPU it measured no faster (benchmarks/eval_speed.py).
+        self.static_cache = self.device.type != "cpu" if static_cache is None else static_cache
+
+    def forget(self) -> None:
+        """Drop what one task's generation kept for its label task."""
+        self.first_step.clear()
+        self._ids.clear()
 
     def _create_tokenizer(self, pretrained, tokenizer, **kwargs) -> None:
         self.processor = tokenizer
         self.tokenizer = tokenizer.tokenizer
 
-    def _continuation_ids(self, ctx: str, cont: str) -> list[int]:
-        """Token ids of `cont` after `ctx`, as lm-eval's _encode_pair splits them."""
+    def _continuation_ids(self, ctx: str, conts: list[str]) -> list[list[int]]:
+        """Token ids of each continuation after `ctx`, as lm-eval's _encode_pair splits them
+        (trailing spaces of the context belong to the continuation); remembered, so the label
+        task reuses what its generation computed."""
         n_sp = len(ctx) - len(ctx.rstrip())
-        if n_sp:  # trailing spaces belong to the continuation
-            ctx, cont = ctx[:-n_sp], ctx[-n_sp:] + cont
-        n_ctx = len(self.tokenizer(ctx)["input_ids"])
-        return self.tokenizer(ctx + cont)["input_ids"][n_ctx:]
+        if n_sp:
+            ctx, conts = ctx[:-n_sp], [ctx[-n_sp:] + c for c in conts]
+        todo = [c for c in dict.fromkeys(conts) if (ctx, c) not in self._ids]
+        if todo:
+            n_ctx = len(self.tokenizer(ctx)["input_ids"])
+            for c, ids in zip(todo, self.tokenizer([ctx + c for c in todo])["input_ids"]):
+                self._ids[(ctx, c)] = ids[n_ctx:]
+        return [self._ids[(ctx, c)] for c in conts]
 
     def _label_candidates(self, ctx: str, doc) -> list[int]:
         """First tokens of the doc's closed answers when each is one token, else []."""
@@ -85,7 +99,7 @@ class InMemoryVLM(HFMultimodalLM):
             choices = hooks.label_choices(doc) if doc is not None and doc.get("choices") else []
         except (ValueError, KeyError, TypeError):
             return []
-        ids = [self._continuation_ids(ctx, LABEL_DELIMITER + c) for c in choices]
+        ids = self._continuation_ids(ctx, [LABEL_DELIMITER + c for c in choices]) if choices else []
         return [i[0] for i in ids] if ids and all(len(i) == 1 for i in ids) else []
 
     # --- generation ---------------------------------------------------------------------
@@ -169,8 +183,7 @@ class InMemoryVLM(HFMultimodalLM):
         out: list = [None] * len(requests)
         jobs = []  # (text, images, [(request index, continuation ids)], text is bare context)
         for ctx, visual, items in groups.values():
-            n_ctx = len(self.tokenizer(ctx)["input_ids"])
-            conts = [(i, self.tokenizer(ctx + c)["input_ids"][n_ctx:]) for i, c in items]
+            conts = list(zip([i for i, _ in items], self._continuation_ids(ctx, [c for _, c in items])))
             if all(len(ids) == 1 for _, ids in conts):
                 cached = self.first_step.get((ctx, image_key(visual)))
                 if cached is not None and all(ids[0] in cached[1] for _, ids in conts):
