@@ -360,3 +360,22 @@ def test_static_cache_generates_what_the_dynamic_cache_does(vlm32k, data_root, m
     dynamic = InMemoryVLM(model, processor, batch_size=3).generate_until(gen)  # CPU: dynamic
     assert caches == [StaticCache] * 3 + [type(None)] * 3
     assert static == dynamic and len(set(static)) > 1
+
+
+def test_lm_eval_label_task_at_32k_runs_no_forward_of_its_own(vlm32k, data_root, monkeypatch):
+    """Through lm-eval (image references, two task loads of one split): the label task's prompts
+    find their generation's first step; without it they cost ceil(6 / 4) forwards, same numbers."""
+    from dowser.tasks.model import InMemoryVLM
+
+    model, processor = vlm32k
+    calls, handle = _forwards(model)
+    reused = evaluate_benchmarks(model, processor, ["world-gqa"], data_root, batch_size=4, limit=6,
+                                 max_new_tokens=2)["world-gqa"]
+    with_reuse = len(calls)
+    monkeypatch.setattr(InMemoryVLM, "_label_candidates", lambda self, ctx, doc: [])
+    calls.clear()
+    separate = evaluate_benchmarks(model, processor, ["world-gqa"], data_root, batch_size=4, limit=6,
+                                   max_new_tokens=2)["world-gqa"]
+    handle.remove()
+    assert len(calls) == with_reuse + 2
+    assert (reused["value"], reused["label_acc"]) == (separate["value"], separate["label_acc"])
