@@ -42,12 +42,15 @@ LABEL_DELIMITER = " "  # labels.yaml's target_delimiter: a choice is scored as "
 
 class _FirstStep(LogitsProcessor):
     """Records, at the first generated step only, each row's argmax and the log-probabilities
-    of its candidate tokens; passes the scores through unchanged."""
+    of its candidate tokens; passes the scores through unchanged. It sees the scores after any
+    processor the generation config adds (none for greedy LLaVA-1.5 or the world model)."""
 
     def __init__(self, candidates: list[list[int]]):
         self.candidates, self.rows = candidates, None
 
     def __call__(self, input_ids, scores):
+        if self.rows is None and not any(self.candidates):
+            self.rows = [None] * len(self.candidates)
         if self.rows is None:
             logp = F.log_softmax(scores.float(), dim=-1)
             best = logp.argmax(-1).tolist()
