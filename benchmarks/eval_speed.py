@@ -42,8 +42,6 @@ SETUPS = {  # benchmarks, items per benchmark
 
 
 def _model(kind: str):
-    import torch
-
     from dowser.world import SHIPPED_DIR
     from dowser.world.config import WorldConfig
     from dowser.world.model import build_model
