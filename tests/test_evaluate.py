@@ -379,3 +379,18 @@ def test_lm_eval_label_task_at_32k_runs_no_forward_of_its_own(vlm32k, data_root,
     handle.remove()
     assert len(calls) == with_reuse + 2
     assert (reused["value"], reused["label_acc"]) == (separate["value"], separate["label_acc"])
+
+
+def test_input_stamp_changes_when_a_file_is_rewritten(tmp_path):
+    import os
+
+    from dowser.evaluate import input_stamp
+
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    (tmp_path / "sub").mkdir()  # folders are not part of it
+    before = input_stamp(tmp_path)
+    assert [name for name, _, _ in before] == ["model.safetensors"] and before[0][1] == 3
+    assert input_stamp(tmp_path) == before and input_stamp(None) is None
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    assert input_stamp(tmp_path) != before
+    assert input_stamp(tmp_path / "model.safetensors") == input_stamp(tmp_path)
