@@ -6,8 +6,8 @@
 "before" is the package at git ref `--before` (the commit preceding the changes: the label
 pass's first-step reuse off above a 4,096-token vocabulary, images decoded for every request up
 front); "after" is this checkout as it runs on CPU (a dynamic KV cache), "after_static" the same
-with the static cache it uses on GPUs. Each (variant, model) runs in its own process (`--worker`), evaluating through `dowser.evaluate.evaluate_benchmarks`
-after a 2-item warm-up, 1 thread, timed in process CPU time (the machine is shared) and wall time;
+with the static cache it uses on GPUs. Each (variant, model) runs in its own process
+(`--worker`), evaluating through `dowser.evaluate.evaluate_benchmarks` after a 2-item warm-up, 1 thread, timed in process CPU time (the machine is shared) and wall time;
 a forward hook counts the model's forward calls (generation steps + label forwards).
 Models:
 - world: the shipped world base (1.1M parameters, 64 image tokens), all ten world tasks;
@@ -50,7 +50,8 @@ def _model(kind: str):
     if kind == "world":
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        return LlavaForConditionalGeneration.from_pretrained(SHIPPED_DIR).eval(), AutoProcessor.from_pretrained(SHIPPED_DIR)
+        model = LlavaForConditionalGeneration.from_pretrained(SHIPPED_DIR)
+        return model.eval(), AutoProcessor.from_pretrained(SHIPPED_DIR)
     cfg = WorldConfig(text_hidden=4096, text_layers=2, text_heads=32, text_ffn=11008)
     processor = build_processor(cfg)
     model = build_model(cfg, processor)

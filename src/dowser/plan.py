@@ -314,7 +314,8 @@ def plan(config: dict, gpu: str = "a100-40gb", mfu: float | None = None, text_to
     benchmarks = list(ev["upstream"]) + list(ev["downstream"])
     per_bench = {b: benchmark_items(b, items) for b in benchmarks}
     eval_batch = EVAL_BATCH
-    eval_mem = weights + eval_batch * (sh.image_tokens + PROMPT_TOKENS + int(ev.get("max_new_tokens", 16))) * kv_per_token
+    eval_tokens = sh.image_tokens + PROMPT_TOKENS + int(ev.get("max_new_tokens", 16))
+    eval_mem = weights + eval_batch * eval_tokens * kv_per_token
     timing = {}
     for label, kw in (("now", {}), ("before", {"static_cache": False, "label_forward": True})):
         timing[label] = sum(eval_seconds(sh, n, new_tokens(b, ev.get("max_new_tokens", 16)), gpu, mfu,
@@ -395,8 +396,9 @@ def markdown(p: dict, command: str) -> str:
         each = j["gpu_hours"] / j["jobs"] if j["gpu_hours"] else 0
         note = "" if j.get("all_modelled", True) else " (post-hoc, SPIDER, LoRA runs not counted)"
         if rule == "evaluate":
-            note = (f" ({j['items_per_job']:,} items: " + ("every item of each split" if j["items_per_benchmark"] is None
-                    else f"≤ {j['items_per_benchmark']:,} per benchmark") + f"; dynamic cache + label forward: "
+            limit = j["items_per_benchmark"]
+            note = (f" ({j['items_per_job']:,} items: " + ("every item of each split" if limit is None
+                    else f"≤ {limit:,} per benchmark") + f"; dynamic cache + label forward: "
                     f"{_hours(j['hours_before'])}; SLURM limit {j['runtime_min']:,} min)")
         lines.append(f"| {rule} | {j['jobs']} | {_hours(each)}{note} | {_hours(j['gpu_hours'])} | {_gib(j['peak_memory'])} |")
     total = sum(j["gpu_hours"] for j in p["jobs"].values())
