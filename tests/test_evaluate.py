@@ -170,9 +170,9 @@ def test_lm_eval_prompt_is_the_world_prompt(vlm, data_root, monkeypatch):
     seen = []
     real = InMemoryVLM._generate_batch
 
-    def spy(self, args):
+    def spy(self, args, docs=None):
         seen.extend(a[0] for a in args)
-        return real(self, args)
+        return real(self, args, docs)
 
     monkeypatch.setattr(InMemoryVLM, "_generate_batch", spy)
     evaluate_benchmarks(*vlm, ["world-count"], data_root, limit=3)
@@ -254,3 +254,173 @@ def test_cli_refuses_a_run_other_than_the_spec_names(tmp_path, capsys):
     assert evaluate(spec.id, None) == (f"dowser: error: --run: the spec evaluates run {spec.id}, but no --run was "
                                        "given\n")
     assert not out.exists()
+
+
+# --- resuming: a killed job keeps the benchmarks it finished -----------------------------
+def _count_runs(monkeypatch, crash_on=None):
+    """Spy on dowser.evaluate._run_lmeval: the benchmarks it runs; raise once on `crash_on`."""
+    from dowser import evaluate
+
+    ran, crashed, real = [], [], evaluate._run_lmeval
+
+    def run(lm, manager, configs, limit):
+        ran.append(configs[0]["task"])
+        if configs[0]["task"] == crash_on and not crashed:
+            crashed.append(crash_on)
+            raise RuntimeError("job killed")
+        return real(lm, manager, configs, limit)
+
+    monkeypatch.setattr(evaluate, "_run_lmeval", run)
+    return ran
+
+
+def test_cli_rerun_after_a_crash_evaluates_only_the_missing_benchmarks(vlm, data_root, tmp_path,
+                                                                      monkeypatch):
+    from dowser import cli
+
+    model, processor = vlm
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    names = ["world-gqa", "world-count", "world-coco"]
+    out = tmp_path / "evals" / "abc"
+    argv = ["evaluate", "--spec", json.dumps({"benchmarks": names, "params": {"limit": 3, "max_new_tokens": 2}}),
+            "--model", str(tmp_path / "model"), "--data", str(data_root), "--out", str(out),
+            "--batch-size", "4"]
+    ran = _count_runs(monkeypatch, crash_on="world-count")
+    with pytest.raises(RuntimeError, match="job killed"):
+        cli.main(argv)
+    partial = out.parent / ".abc.partial"
+    assert not out.exists() and ran == ["world-gqa", "world-count"]
+    kept = json.loads((partial / "world-gqa.json").read_text())
+    ran.clear()
+    assert cli.main(argv) == 0
+    assert ran == ["world-count", "world-coco"]
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev["results"]) == set(names) and ev["results"]["world-gqa"] == kept
+    assert len((out / "world-gqa.predictions.jsonl").read_text().splitlines()) == 3
+    assert not partial.exists() and not (out / "resume.json").exists()
+
+
+def test_results_kept_under_another_key_are_evaluated_again(vlm, data_root, tmp_path, monkeypatch):
+    ran = _count_runs(monkeypatch)
+    kw = dict(limit=2, max_new_tokens=2, out_dir=tmp_path)
+    first = evaluate_benchmarks(*vlm, ["world-gqa"], data_root, resume_key={"model": 1}, **kw)
+    again = evaluate_benchmarks(*vlm, ["world-gqa"], data_root, resume_key={"model": 1}, **kw)
+    assert ran == ["world-gqa"] and again == first
+    (tmp_path / "world-gqa.json").write_text(json.dumps({**first["world-gqa"], "value": -1.0}))
+    evaluate_benchmarks(*vlm, ["world-gqa"], data_root, resume_key={"model": 2}, **kw)
+    assert ran == ["world-gqa", "world-gqa"]
+    assert json.loads((tmp_path / "world-gqa.json").read_text())["value"] == first["world-gqa"]["value"]
+
+
+# --- one forward per prompt, any vocabulary; a static KV cache ---------------------------
+@pytest.fixture(scope="module")
+def vlm32k(world):
+    """The world model with LLaVA-1.5's 32,064-entry vocabulary (new rows: transformers' init)."""
+    import copy
+
+    model = copy.deepcopy(world[0])
+    model.resize_token_embeddings(32064)
+    assert model.config.get_text_config().vocab_size == 32064
+    return model.eval(), world[1]
+
+
+def _label_requests(processor, data_root, n):
+    """Generation and label (one request per closed answer) Instances of the first n docs."""
+    from lm_eval.api.instance import Instance
+
+    from dowser.tasks import hooks, load_split
+    from dowser.world.tokenizer import format_prompt
+
+    gen, labels = [], []
+    for d in load_split("world-gqa", data_root).select(range(n)):
+        ctx = format_prompt(processor, d["question"])
+        aux = {"visual": [d["image"].convert("RGB")]}
+        gen.append(Instance("generate_until", d, (ctx, {"until": [], "max_gen_toks": 3}, aux), 0))
+        labels += [Instance("loglikelihood", d, (ctx, " " + c, aux), i)
+                   for i, c in enumerate(hooks.label_choices(d))]
+    return gen, labels
+
+
+def _forwards(model):
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_label_pass_at_32k_vocabulary_reuses_the_first_generated_step(vlm32k, data_root):
+    from dowser.tasks.model import InMemoryVLM
+
+    model, processor = vlm32k
+    gen, labels = _label_requests(processor, data_root, 7)
+    separate = InMemoryVLM(model, processor, batch_size=3)
+    calls, handle = _forwards(model)
+    want = separate.loglikelihood(labels)
+    assert len(calls) == 3  # ceil(7 docs / 3): one forward per batch of prompts
+    reused = InMemoryVLM(model, processor, batch_size=3)
+    reused.generate_until(gen)
+    calls.clear()
+    got = reused.loglikelihood(labels)
+    handle.remove()
+    assert len(calls) == 0 and len(reused.first_step) == 7
+    assert [c for _, c in got] == [c for _, c in want]
+    assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in want], abs=1e-4)
+    # a few floats per doc, not a vocabulary row: one per closed answer
+    per_doc = [sum(1 for r in labels if r.doc["id"] == g.doc["id"]) for g in gen]
+    assert sorted(len(v[1]) for v in reused.first_step.values()) == sorted(per_doc)
+
+
+def test_static_cache_generates_what_the_dynamic_cache_does(vlm32k, data_root, monkeypatch):
+    from transformers import StaticCache
+
+    from dowser.tasks.model import InMemoryVLM
+
+    model, processor = vlm32k
+    gen, _ = _label_requests(processor, data_root, 7)  # prompts of several lengths: left padding
+    for r in gen:
+        r.arguments[1]["max_gen_toks"] = 6
+    caches, real = [], model.generate
+
+    def spy(*args, **kwargs):
+        caches.append(type(kwargs.get("cache")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    static = InMemoryVLM(model, processor, batch_size=3, static_cache=True).generate_until(gen)
+    dynamic = InMemoryVLM(model, processor, batch_size=3).generate_until(gen)  # CPU: dynamic
+    assert caches == [StaticCache] * 3 + [type(None)] * 3
+    assert static == dynamic and len(set(static)) > 1
+
+
+def test_lm_eval_label_task_at_32k_runs_no_forward_of_its_own(vlm32k, data_root, monkeypatch):
+    """Through lm-eval (image references, two task loads of one split): the label task's prompts
+    find their generation's first step; without it they cost ceil(6 / 4) forwards, same numbers."""
+    from dowser.tasks.model import InMemoryVLM
+
+    model, processor = vlm32k
+    calls, handle = _forwards(model)
+    reused = evaluate_benchmarks(model, processor, ["world-gqa"], data_root, batch_size=4, limit=6,
+                                 max_new_tokens=2)["world-gqa"]
+    with_reuse = len(calls)
+    monkeypatch.setattr(InMemoryVLM, "_label_candidates", lambda self, ctx, doc: [])
+    calls.clear()
+    separate = evaluate_benchmarks(model, processor, ["world-gqa"], data_root, batch_size=4, limit=6,
+                                   max_new_tokens=2)["world-gqa"]
+    handle.remove()
+    assert len(calls) == with_reuse + 2
+    assert (reused["value"], reused["label_acc"]) == (separate["value"], separate["label_acc"])
+
+
+def test_input_stamp_changes_when_a_file_is_rewritten(tmp_path):
+    import os
+
+    from dowser.evaluate import input_stamp
+
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    (tmp_path / "sub").mkdir()  # folders are not part of it
+    before = input_stamp(tmp_path)
+    assert [name for name, _, _ in before] == ["model.safetensors"] and before[0][1] == 3
+    assert input_stamp(tmp_path) == before and input_stamp(None) is None
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    assert input_stamp(tmp_path) != before
+    assert input_stamp(tmp_path / "model.safetensors") == input_stamp(tmp_path)

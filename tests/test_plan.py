@@ -232,3 +232,21 @@ def test_finetune_fit_refuses_an_unmeasured_micro_batch_in_one_line(tmp_path):
     cfg["finetune"]["train"]["batch_size"] = 3
     with pytest.raises(ValueError, match=r"^finetune: no memory measurement covers micro-batch 3 at L=20 "):
         P.finetune_fit(cfg, ROOT / "benchmarks" / "results", 80)
+
+
+def test_evaluate_row_is_evaltime_model(tmp_path, results):
+    """Evaluation GPU-hours: dowser.evaltime per benchmark (okvqa at max_new_tokens 2, coco-caption its own 64),
+    `evaluate.limit` items each; 'before' adds the dynamic cache's copies (neither has a label task)."""
+    from dowser import evaltime as E
+
+    config = tiny_config(tmp_path)
+    p = P.plan(config, gpu="h100-80gb", mfu=0.5, text_tokens=4, results=results)
+    sh = P.Shape(**SHAPE)
+    secs = [E.eval_seconds(sh, 3, new, "h100-80gb", 0.5, **kw)["total"] for new in (2, 64)
+            for kw in ({}, {"static_cache": False})]
+    ev = p["jobs"]["evaluate"]
+    assert ev["items_per_job"] == 6 and ev["jobs"] == 9
+    assert ev["gpu_hours"] == pytest.approx(9 * (secs[0] + secs[2]) / 3600)
+    assert ev["hours_before"] == pytest.approx((secs[1] + secs[3]) / 3600)
+    assert ev["runtime_min"] == E.eval_job_minutes(config, ["okvqa", "coco-caption"], 3, "h100-80gb", 0.5)
+    assert "| evaluate | 9 |" in P.markdown(p, "dowser plan") and "6 items: ≤ 3 per benchmark" in P.markdown(p, "x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -189,9 +190,11 @@ def cmd_finetune(args):
 
 
 def cmd_evaluate(args):
+    import shutil
+
     import torch
 
-    from dowser.evaluate import evaluate_benchmarks
+    from dowser.evaluate import evaluate_benchmarks, input_stamp
     from dowser.finetune import load_finetuned
 
     spec, started = _spec(args, "eval"), time.time()
@@ -206,14 +209,21 @@ def cmd_evaluate(args):
     model, processor = load_finetuned(Path(args.model), Path(args.run) if args.run else None, expect_run=spec["run"])
     params = spec["params"]
     out = Path(args.out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        results = evaluate_benchmarks(model, processor, list(spec["benchmarks"]), Path(args.data),
-                                      batch_size=args.batch_size, limit=params["limit"],
-                                      max_new_tokens=params["max_new_tokens"], out_dir=tmp)
-        run = json.loads((Path(args.run) / "spec.json").read_text()) if args.run else None
-        write_json(tmp / "eval.json", {"eval": json.loads(args.spec), "run": run, "results": results})
-        write_spec(tmp, args.spec, started)
+    # Finished benchmarks survive a killed job here; the folder becomes `out` when all are done.
+    work = out.parent / f".{out.name}.partial"
+    key = {"spec": spec, "model": input_stamp(Path(args.model)),
+           "run": input_stamp(Path(args.run) / "delta.safetensors") if args.run else None}
+    results = evaluate_benchmarks(model, processor, list(spec["benchmarks"]), Path(args.data),
+                                  batch_size=args.batch_size, limit=params["limit"],
+                                  max_new_tokens=params["max_new_tokens"], out_dir=work,
+                                  resume_key=key)
+    run = json.loads((Path(args.run) / "spec.json").read_text()) if args.run else None
+    write_json(work / "eval.json", {"eval": json.loads(args.spec), "run": run, "results": results})
+    write_spec(work, args.spec, started)
+    (work / "resume.json").unlink()
+    if out.is_dir():
+        shutil.rmtree(out)
+    os.replace(work, out)
 
 
 def cmd_stability(args):

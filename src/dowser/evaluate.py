@@ -11,6 +11,8 @@ benchmark has a closed answer set (label-restricted accuracy: format loss vs kno
 loss, docs/world.md §2). Metrics are `dowser.metrics` functions called from the YAMLs' hooks, so
 `score_predictions` recomputes the same numbers from a predictions file.
 Importing lm-eval costs ~10 s: evaluate all benchmarks of a model in one call.
+A job killed midway keeps what it finished: with `resume_key`, benchmarks already written to
+`out_dir` under the same key are read back, and a rerun evaluates only the missing ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from dowser.tasks import YAML_DIR, TaskInfo, get_task, hooks, local_file
+from dowser.tasks import YAML_DIR, TaskInfo, get_task, hooks, images, local_file
 
 SCALE = 100.0  # lm-eval works in fractions; the paper reports % and CIDEr x100
 LABEL_SUFFIX = "-labels"
@@ -128,13 +130,40 @@ def _run_lmeval(lm, manager, configs: list[dict], limit: int | None) -> dict:
                                   log_samples=True, apply_chat_template=True)
     finally:
         evaluator.LMEVAL_HASHMM = hashing
-        lm.first_step.clear()
+        lm.forget()
+        images.release()
         gc.unfreeze()
+
+
+def input_stamp(path: Path | None) -> list | None:
+    """(name, bytes, mtime ns) of each file directly in `path` (or of the file itself): what a
+    resumed evaluation compares to decide that its model and run are the ones it started with."""
+    if path is None:
+        return None
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _resumable(out_dir: Path, key: dict, names: list[str]) -> set[str]:
+    """Benchmarks finished in `out_dir` under `key`; a different key discards them all."""
+    key_path = out_dir / "resume.json"
+    same = key_path.is_file() and json.loads(key_path.read_text()) == json.loads(json.dumps(key))
+    if not same:
+        for name in names:
+            for suffix in (".json", ".predictions.jsonl"):
+                (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        _atomic_write(key_path, json.dumps(key, indent=2))
+        return set()
+    # predictions are written before the summary: a summary means the benchmark finished
+    return {n for n in names if (out_dir / f"{n}.json").is_file()
+            and (out_dir / f"{n}.predictions.jsonl").is_file()}
 
 
 def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path, *,
                         batch_size: int = 32, limit: int | None = None,
-                        max_new_tokens: int = 16, out_dir: Path | None = None
+                        max_new_tokens: int = 16, out_dir: Path | None = None,
+                        resume_key: dict | None = None, static_cache: bool | None = None
                         ) -> dict[str, dict]:
     """Evaluate `model` (left in eval mode) on every benchmark, in order.
 
@@ -145,6 +174,9 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
     label_prediction) atomically as each benchmark finishes.
     `max_new_tokens` caps short answers; caption tasks use their own cap (TaskInfo).
     `limit` takes the first N examples of each benchmark (a smoke run).
+    `resume_key` (with `out_dir`; JSON, e.g. the spec and `input_stamp`s of the model and run):
+    benchmarks whose files `out_dir` already holds under this key are read back, not rerun.
+    `static_cache`: generate into a static KV cache (default: on accelerators; `InMemoryVLM`).
     """
     import lm_eval.evaluator  # noqa: F401  (imported before the clock starts)
     from lm_eval.tasks import TaskManager
@@ -157,12 +189,17 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
         _check_data(info, data_root)
     for name in ("lm_eval", "lm_eval.api.task"):
         logging.getLogger(name).addFilter(_QUIET)  # a no-op when already there
-    lm = InMemoryVLM(model, processor, batch_size=batch_size)
+    lm = InMemoryVLM(model, processor, batch_size=batch_size, static_cache=static_cache)
     manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
-    results = {}
+    results, done = {}, set()
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if resume_key is not None:
+            done = _resumable(Path(out_dir), resume_key, [i.name for i in infos])
     for info in infos:
+        if info.name in done:
+            results[info.name] = json.loads((Path(out_dir) / f"{info.name}.json").read_text())
+            continue
         start = time.perf_counter()
         out = _run_lmeval(lm, manager, task_configs(info, data_root, max_new_tokens), limit)
         summary = _summary(info, out, time.perf_counter() - start)

@@ -262,3 +262,23 @@ def test_gpu_rules_record_a_benchmark():
         m = re.search(r'benchmark:\n\s+"logs/benchmarks/(\w+)/\{(\w+)\}[^"]*\.tsv"', body)
         assert m and m.group(1) == name, (name, body)
     assert {n for n in gpu_rules if "cache:" in bodies[n]} == {"probe", "score_shard"}
+
+
+def test_evaluation_runtime_follows_its_item_count(tmp_path):
+    """A hub model's evaluation asks for the minutes its items need (dowser.evaltime)."""
+    from dowser.evaltime import eval_job_minutes
+    from dowser.plan import load_config
+
+    minutes = {}
+    for limit in (None, 300):
+        hub = tmp_path / f"hub-{limit}.yaml"
+        hub.write_text(yaml.safe_dump({
+            "model": {"source": "hub", "name": "llava-hf/llava-1.5-7b-hf", "dtype": "bfloat16", "params_b": 7.06},
+            "data": {"root": str(tmp_path)},
+            "finetune": {"tasks": ["coco-caption"]},
+            "evaluate": {"upstream": ["gqa"], "downstream": ["coco-caption"], "limit": limit}}))
+        res = job_resources(dry_run(tmp_path, ROOT / "tests/e2e/reduced.yaml", hub))
+        config = load_config([str(ROOT / "tests/e2e/reduced.yaml"), str(hub)], str(ROOT / "config.yaml"))
+        minutes[limit] = int(res["evaluate"]["runtime"])
+        assert minutes[limit] == eval_job_minutes(config, ["gqa", "coco-caption"], limit)
+    assert minutes[None] > 5 * minutes[300]  # 53,082 items vs 600

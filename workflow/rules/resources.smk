@@ -10,6 +10,7 @@ from pathlib import Path
 from dowser.config import model_params_b
 from dowser.methods.table import traits
 from dowser.plan import GPU_MEMORY_GIB, finetune_fit
+from dowser.evaltime import eval_job_minutes
 
 MEASUREMENTS = Path(workflow.basedir) / "benchmarks" / "results"
 try:
@@ -85,20 +86,34 @@ def job_mem_mb(stage):
     return lambda wildcards, attempt: int(mb * (1 + 0.5 * (attempt - 1)))
 
 
+def eval_minutes(wildcards, fallback):
+    """A hub model's evaluation: minutes from its benchmarks' item counts and the model's shape
+    (dowser.evaltime); `fallback` (the per-B formula) where either is unknown to dowser.plan."""
+    ev = GRID.evals.get(wildcards.eval)  # continual evaluations: the configured benchmarks
+    names = ev.benchmarks if ev else list(config["evaluate"]["upstream"]) + list(config["evaluate"]["downstream"])
+    limit = ev.params.get("limit") if ev else config["evaluate"].get("limit")
+    try:
+        return eval_job_minutes(config, names, limit)
+    except ValueError:
+        return fallback
+
+
 # The partition's time limit (config `cluster.max_runtime`, minutes; null: none): SLURM rejects
 # a job that asks for more, so no attempt asks for more.
 MAX_RUNTIME = (config.get("cluster") or {}).get("max_runtime")
 
 
 def job_runtime(stage):
-    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes resume), at
-    most MAX_RUNTIME."""
+    """Minutes; doubled on each retry (a job killed by its time limit; fine-tunes and
+    evaluations resume), at most MAX_RUNTIME."""
     _, _, _, base, per_b = JOB_SIZES[stage]
     minutes = base + per_b * MODEL_B
     if stage == "score_shard" and GRID.score is not None:
         minutes = max(30, minutes / GRID.score.shards)
     minutes = int(minutes)
     cap = MAX_RUNTIME or float("inf")
+    if stage == "evaluate" and config["model"]["source"] != "world":
+        return lambda wildcards, attempt: int(min(eval_minutes(wildcards, minutes) * 2 ** (attempt - 1), cap))
     return lambda wildcards, attempt: int(min(minutes * 2 ** (attempt - 1), cap))
 
 

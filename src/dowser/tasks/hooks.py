@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 from dowser import metrics
+from dowser.tasks import images
 
 IMAGE = "<image>"
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -36,13 +37,19 @@ def load_docs(benchmark: str | None = None, data_root: str | None = None,
     if benchmark is None:
         raise ValueError("dowser task config lacks dataset_kwargs.benchmark")
     docs = load_split(benchmark, data_root, split)
-    # lm-eval materializes each row several times (requests, results, samples): keep the
-    # image encoded so only doc_to_image decodes it (~7% of a world evaluation).
-    docs = docs.cast_column("image", datasets.Image(decode=False))
+    # lm-eval holds every doc and request until the task ends: docs keep a reference to their
+    # image, and the model reads and decodes each batch's images (dowser.tasks.images).
+    column = docs.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    key = images.register(column, f"{benchmark}/{split or ''}@{data_root}")
+    docs = docs.remove_columns("image")
+    docs = docs.add_column("image_ref", [f"{key}#{i}" for i in range(len(docs))])
     return datasets.DatasetDict({"test": docs})
 
 
 def doc_to_image(doc):
+    """[ImageRef] for docs from load_docs; a decoded RGB image for docs that carry one."""
+    if doc.get("image_ref") is not None:
+        return [images.ImageRef.parse(doc["image_ref"])]
     image = doc["image"]
     if isinstance(image, dict):  # encoded: {"bytes", "path"}
         from PIL import Image

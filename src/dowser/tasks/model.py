@@ -13,14 +13,18 @@ Why a subclass of lm-eval 0.4.13's `HFMultimodalLM` ("hf-multimodal") is needed:
   decodes the batch at every step for its stop strings even when the only one is EOS,
   which `generate` handles itself. Ours keeps its batching (longest first, grouped by
   generation kwargs), its encoding (`tok_batch_multimodal_encode`) and its stop-string
-  cut, without those costs, and keeps the first step's log-probabilities: the label
-  task that follows scores single-token answers from them without another forward pass.
+  cut, without those costs.
+- Requests carry image references (`dowser.tasks.images`): each batch decodes its own.
+- On accelerators, generation writes keys and values into a static cache (no per-step
+  concatenation of the whole cache; not compiled, so prompts of any length run eager).
+- The first generated step's log-probabilities of each doc's closed answers (the label task's
+  choices) are kept, a few floats per doc at any vocabulary size: the label task that follows
+  scores single-token answers from them without another forward pass.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 
 import torch
@@ -28,29 +32,78 @@ import torch.nn.functional as F
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.utils import flatten_image_list, handle_stop_sequences
 from lm_eval.models.utils_hf import stop_sequences_criteria
+from transformers import LogitsProcessor, LogitsProcessorList, StaticCache
 
-# First-step log-probs are kept only for small vocabularies (the world model's ~200
-# words): a 32k-vocabulary model would hold 128 KB per example.
-CACHE_MAX_VOCAB = 4096
+from dowser.tasks import hooks
+from dowser.tasks.images import image_key, load_images
+
+LABEL_DELIMITER = " "  # labels.yaml's target_delimiter: a choice is scored as " " + choice
 
 
-def _image_key(visual) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for img in visual:
-        h.update(repr((img.mode, img.size)).encode())
-        h.update(img.tobytes())
-    return h.hexdigest()
+class _FirstStep(LogitsProcessor):
+    """Records, at the first generated step only, each row's argmax and the log-probabilities
+    of its candidate tokens; passes the scores through unchanged. It sees the scores after any
+    processor the generation config adds (none for greedy LLaVA-1.5 or the world model)."""
+
+    def __init__(self, candidates: list[list[int]]):
+        self.candidates, self.rows = candidates, None
+
+    def __call__(self, input_ids, scores):
+        if self.rows is None and not any(self.candidates):
+            self.rows = [None] * len(self.candidates)
+        if self.rows is None:
+            logp = F.log_softmax(scores.float(), dim=-1)
+            best = logp.argmax(-1).tolist()
+            self.rows = []
+            for row, ids in enumerate(self.candidates):
+                vals = logp[row, ids].tolist() if ids else []
+                self.rows.append((best[row], dict(zip(ids, vals))) if ids else None)
+        return scores
 
 
 class InMemoryVLM(HFMultimodalLM):
-    def __init__(self, model, processor, *, batch_size: int = 32, max_length: int | None = None):
+    def __init__(self, model, processor, *, batch_size: int = 32, max_length: int | None = None,
+                 static_cache: bool | None = None):
         super().__init__(pretrained=model, tokenizer=processor, batch_size=batch_size,
                          max_length=max_length)
-        self.first_step: dict[tuple[str, str], torch.Tensor] = {}
+        # (context, image key) -> (argmax token, {candidate token: log-prob}) of the first step
+        self.first_step: dict[tuple[str, str], tuple[int, dict[int, float]]] = {}
+        self._ids: dict[tuple[str, str], list[int]] = {}  # (context, continuation) -> token ids
+        # None: on accelerators only. There a step's torch.cat rewrites the whole cache (batch 64 x
+        # 640 tokens of a 7B: 21 GB per step); on CPU it measured no faster (benchmarks/eval_speed.py).
+        self.static_cache = self.device.type != "cpu" if static_cache is None else static_cache
+
+    def forget(self) -> None:
+        """Drop what one task's generation kept for its label task."""
+        self.first_step.clear()
+        self._ids.clear()
 
     def _create_tokenizer(self, pretrained, tokenizer, **kwargs) -> None:
         self.processor = tokenizer
         self.tokenizer = tokenizer.tokenizer
+
+    def _continuation_ids(self, ctx: str, conts: list[str]) -> list[list[int]]:
+        """Token ids of each continuation after `ctx`, as lm-eval's _encode_pair splits them
+        (trailing spaces of the context belong to the continuation); remembered, so the label
+        task reuses what its generation computed."""
+        n_sp = len(ctx) - len(ctx.rstrip())
+        if n_sp:
+            ctx, conts = ctx[:-n_sp], [ctx[-n_sp:] + c for c in conts]
+        todo = [c for c in dict.fromkeys(conts) if (ctx, c) not in self._ids]
+        if todo:
+            n_ctx = len(self.tokenizer(ctx)["input_ids"])
+            for c, ids in zip(todo, self.tokenizer([ctx + c for c in todo])["input_ids"]):
+                self._ids[(ctx, c)] = ids[n_ctx:]
+        return [self._ids[(ctx, c)] for c in conts]
+
+    def _label_candidates(self, ctx: str, doc) -> list[int]:
+        """First tokens of the doc's closed answers when each is one token, else []."""
+        try:
+            choices = hooks.label_choices(doc) if doc is not None and doc.get("choices") else []
+        except (ValueError, KeyError, TypeError):
+            return []
+        ids = self._continuation_ids(ctx, [LABEL_DELIMITER + c for c in choices]) if choices else []
+        return [i[0] for i in ids] if ids and all(len(i) == 1 for i in ids) else []
 
     # --- generation ---------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -64,14 +117,16 @@ class InMemoryVLM(HFMultimodalLM):
             idx.sort(key=lambda i: -len(requests[i].args[0]))
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                texts = self._generate_batch([requests[i].args for i in chunk])
+                texts = self._generate_batch([requests[i].args for i in chunk],
+                                             [getattr(requests[i], "doc", None) for i in chunk])
                 for i, text in zip(chunk, texts):
                     out[i] = text
         return out
 
-    def _generate_batch(self, args) -> list[str]:
+    def _generate_batch(self, args, docs=None) -> list[str]:
         contexts = [a[0] for a in args]
-        visuals = [list(a[2]["visual"]) for a in args]
+        refs = [list(a[2]["visual"]) for a in args]
+        visuals = [load_images(v) for v in refs]
         kwargs = copy.deepcopy(args[0][1])
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
@@ -82,22 +137,27 @@ class InMemoryVLM(HFMultimodalLM):
         inputs = self.tok_batch_multimodal_encode(
             contexts, visuals, left_truncate_len=self.max_length - max_new,
             truncation=self.truncation)
+        del visuals
         n_in = inputs["input_ids"].shape[1]
         if any(s and s != eos for s in until):
             kwargs["stopping_criteria"] = stop_sequences_criteria(
                 self.tokenizer, until, n_in, inputs["input_ids"].shape[0])
-        keep = self.model.config.get_text_config().vocab_size <= CACHE_MAX_VOCAB
+        docs = docs or [None] * len(args)
+        first = _FirstStep([self._label_candidates(c, d) for c, d in zip(contexts, docs)])
+        if self.static_cache:  # sized to this batch (generate's own keeps the longest seen)
+            kwargs["cache"] = StaticCache(config=self.model.config.get_text_config(decoder=True),
+                                          max_cache_len=n_in + max_new)
+            kwargs["disable_compile"] = True  # compiled decoding recompiles per prompt length
         with torch.no_grad():
-            gen = self.model.generate(
+            sequences = self.model.generate(
                 **inputs, max_new_tokens=max_new, eos_token_id=self.eot_token_id,
                 pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
-                output_logits=keep, return_dict_in_generate=True, **kwargs)
-        if keep:
-            first = F.log_softmax(gen.logits[0].float(), dim=-1)
-            for row, (ctx, vis) in enumerate(zip(contexts, visuals)):
-                self.first_step[(ctx.rstrip(), _image_key(vis))] = first[row]
+                logits_processor=LogitsProcessorList([first]), **kwargs)
+        for ctx, ref, entry in zip(contexts, refs, first.rows or []):
+            if entry is not None:
+                self.first_step[(ctx.rstrip(), image_key(ref))] = entry
         texts = []
-        for row in gen.sequences[:, n_in:].tolist():
+        for row in sequences[:, n_in:].tolist():
             text = self.tok_decode(row)
             for stop in until:
                 if stop:
@@ -126,12 +186,13 @@ class InMemoryVLM(HFMultimodalLM):
         out: list = [None] * len(requests)
         jobs = []  # (text, images, [(request index, continuation ids)], text is bare context)
         for ctx, visual, items in groups.values():
-            n_ctx = len(self.tokenizer(ctx)["input_ids"])
-            conts = [(i, self.tokenizer(ctx + c)["input_ids"][n_ctx:]) for i, c in items]
+            conts = list(zip([i for i, _ in items], self._continuation_ids(ctx, [c for _, c in items])))
             if all(len(ids) == 1 for _, ids in conts):
-                cached = self.first_step.get((ctx, _image_key(visual)))
-                if cached is not None:
-                    self._score_next_token(cached, conts, out)
+                cached = self.first_step.get((ctx, image_key(visual)))
+                if cached is not None and all(ids[0] in cached[1] for _, ids in conts):
+                    best, logp = cached
+                    for i, ids in conts:
+                        out[i] = (logp[ids[0]], best == ids[0])
                 else:
                     jobs.append((ctx, visual, conts, True))
             else:
@@ -152,7 +213,7 @@ class InMemoryVLM(HFMultimodalLM):
         tok = self.tokenizer
         old_side, tok.padding_side = tok.padding_side, "left"
         try:
-            images = [list(job[1]) for job in batch]
+            images = [load_images(job[1]) for job in batch]
             if getattr(self.config, "model_type", "") == "llava":
                 images = flatten_image_list(images)
             enc = self.processor(text=[job[0] for job in batch], images=images,
