@@ -48,6 +48,9 @@ class StepModelSpec(Spec):
     run: str  # the ContinualRunSpec whose delta is applied
     dtype: str = "float32"  # the base model's, so every stage loads the folder as it loads the base
     trust_remote_code: bool = False
+    preprocess: str = "hf"
+
+    LATER_FIELDS = ("preprocess",)
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,8 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
                 add_eval(start, run.id, (upstream if last else ()) + tasks)
                 if not last:
                     after = StepModelSpec(model=start, run=run.id, dtype=base.dtype,
-                                          trust_remote_code=base.trust_remote_code)
+                                          trust_remote_code=base.trust_remote_code,
+                                          preprocess=base.preprocess)
                     grid.models[after.id] = after
                     start = after.id
                 previous = run.id
