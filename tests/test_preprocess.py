@@ -7,7 +7,6 @@ float32, (x - mean) / std in float32). The tiny tokenizer is a Llama BPE one (Me
 byte fallback), so tokenizing chunk by chunk differs from tokenizing the whole prompt."""
 
 import io
-import string
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ from PIL import Image
 
 from dowser.data import sft_batch, user_prompt
 from dowser.preprocess import LLAVA_V1_SYSTEM, LlavaV1Processor, prepare_processor
-from tests.tinymodels import tiny_llava
+from tests.tinymodels import tiny_llava, tiny_llava_processor
 
 SIZE = 28  # tiny_llava's CLIP input; 14 px patches: 4 image tokens (CLS dropped)
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -28,26 +27,9 @@ QUESTIONS = ["What is it?", "How many dots are there?\nAnswer the question using
 ANSWERS = ["A cat.", "12"]
 
 
-def _tokenizer():
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    for ch in "▁" + string.ascii_letters + string.digits + ".,:?'!":
-        vocab.setdefault(ch, len(vocab))
-    merges = [("▁", "A"), ("▁", "U"), ("▁", "a")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    return T.LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, pad_token="<pad>",
-                            extra_special_tokens={"image_token": "<image>"})
-
-
 @pytest.fixture(scope="module")
 def hf():
-    """A llava-hf style processor: CLIP resize + centre crop, patch 14, CLS dropped."""
-    clip = T.CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                                image_mean=list(MEAN), image_std=list(STD))
-    return T.LlavaProcessor(image_processor=clip, tokenizer=_tokenizer(), patch_size=14,
-                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                            image_token="<image>", chat_template="{% for m in messages %}USER: {% endfor %}")
+    return tiny_llava_processor(SIZE, MEAN, STD)
 
 
 @pytest.fixture(scope="module")

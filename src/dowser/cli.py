@@ -197,7 +197,8 @@ def cmd_evaluate(args):
         tmp.mkdir()
         results = evaluate_benchmarks(model, processor, list(spec["benchmarks"]), Path(args.data),
                                       batch_size=args.batch_size, limit=params["limit"],
-                                      max_new_tokens=params["max_new_tokens"], out_dir=tmp)
+                                      max_new_tokens=params["max_new_tokens"], out_dir=tmp,
+                                      authors=params.get("authors"))
         run = json.loads((Path(args.run) / "spec.json").read_text()) if args.run else None
         write_json(tmp / "eval.json", {"eval": json.loads(args.spec), "run": run, "results": results})
         write_spec(tmp, args.spec, started)

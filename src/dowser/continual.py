@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dowser.methods.table import METHODS, traits
+from dowser.presets import eval_params as preset_eval_params
 from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec, check_training_tasks  # noqa: F401 (ProbeSpec, ScoreSpec: ContinualGrid)
 
 MASK_MODES = ("recompute", "keep")
@@ -147,7 +148,7 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
         raise ValueError("continual: the base model spec differs from the main grid's")
     tasks = tuple(c["tasks"])
     grid = ContinualGrid(base=base, tasks=tasks)
-    eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
+    eval_params = preset_eval_params(ev)  # the main grid (_templates) checked the preset against the model
     upstream = tuple(ev["upstream"])
 
     def add_eval(model_id: str, run_id: str | None, benchmarks: tuple) -> None:

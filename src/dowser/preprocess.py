@@ -33,7 +33,7 @@ VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligenc
                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-ROLES = {"user": "USER", "assistant": "ASSISTANT"}
+CONVERSATIONS = {"vicuna_v1": VICUNA_V1_SYSTEM, "llava_v1": LLAVA_V1_SYSTEM}
 
 
 def conversation_template(system: str, image_token: str = "<image>") -> str:

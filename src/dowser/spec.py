@@ -399,7 +399,12 @@ def build_grid(config: dict) -> Grid:
 
     train = TrainConfig.from_dict(ft.get("train") or {}).spec_dict()
     benchmarks = tuple(ev["upstream"]) + tuple(ev["downstream"])
-    eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
+    from dowser.presets import eval_params as preset_eval_params
+
+    eval_params = preset_eval_params(ev)
+    if "preset" in eval_params and model.preprocess != "llava":
+        raise ValueError("evaluate.preset: 'authors' needs model.preprocess 'llava' (the authors' evaluation "
+                         "pads images and prompts as LLaVA's code does)")
 
     def add_eval(run: RunSpec | None) -> None:
         spec = EvalSpec(model=model.id, benchmarks=benchmarks, params=eval_params, run=run.id if run else None)
