@@ -190,11 +190,55 @@ def test_hf_keeps_the_processor_and_bad_names_fail(hf):
         prepare_processor(hf, "pad")
     with pytest.raises(ValueError, match="needs a LLaVA processor"):
         LlavaV1Processor(hf.tokenizer)
+    llava = prepare_processor(hf, "llava")
     with pytest.raises(ValueError, match="1 image tokens in the texts for 2 images"):
-        prepare_processor(hf, "llava")(text=["<image> hi"], images=_images()[:2])
+        llava(text=["<image> hi"], images=_images()[:2])
+    one = llava(text="<image> hi", images=_images()[0], return_tensors="pt")
+    assert one["input_ids"].shape == (1, len(ref_tokenizer_image_token("<image> hi", hf.tokenizer)) + 3)
+    with pytest.raises(Exception, match="user and assistant turns only, not system"):
+        llava.apply_chat_template([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}])
 
 
 def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_noise_probes_are_tokenized_as_llava(llava):
+    from dowser.probe import noise_image_inputs
+
+    probes = pd.DataFrame({"rng_seed": [3, 4], "text": ["a cat sat", "Hi!"]})
+    ids, pixels = noise_image_inputs(llava, probes)
+    for row, text in zip(ids, probes["text"]):
+        assert row == expand(ref_tokenizer_image_token(f"<image> {text}", llava.tokenizer), llava.image_token_id)
+    assert pixels[0].shape == (3, SIZE, SIZE)
+
+
+def test_finetune_trains_on_llava_inputs(tmp_path, monkeypatch):
+    """The fine-tune stage reads spec.json's preprocess: its samples come from LlavaV1Processor."""
+    import json
+
+    import dowser.finetune as ft
+    from dowser.world.config import WorldConfig
+    from dowser.world.tasks import generate_split, write_split
+
+    proc = tiny_llava_processor()
+    tiny_llava(vocab=len(proc.tokenizer), image_token=proc.image_token_id).save_pretrained(tmp_path / "model")
+    proc.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "spec.json").write_text(json.dumps({"kind": "model", "preprocess": "llava"}))
+    task = "world-imagenet-r"
+    write_split(generate_split(WorldConfig(downstream_train_size=8), task, "train"),
+                tmp_path / "data" / task / "train.parquet")
+    seen, samples = [], ft.SFTSamples
+
+    def spy(processor, rows, *a, **kw):
+        seen.append(processor)
+        return samples(processor, rows, *a, **kw)
+
+    monkeypatch.setattr(ft, "SFTSamples", spy)
+    spec = {"kind": "run", "model": "m", "method": "full", "task": task, "depth": 1, "mask": None, "rho": None,
+            "seed": None, "train": {"lr": 1e-2, "batch_size": 4, "train_samples": 8, "epochs": 1, "seed": 0}}
+    ft.finetune(spec, tmp_path / "model", tmp_path / "data", tmp_path / "run", progress=False)
+    assert [type(p) for p in seen] == [LlavaV1Processor] and seen[0].system == VICUNA_V1
+    assert (tmp_path / "run" / "delta.safetensors").exists()

@@ -141,7 +141,10 @@ class LlavaV1Processor:
 
         if truncation or kwargs:
             raise ValueError(f"LlavaV1Processor does not take {['truncation'] if truncation else sorted(kwargs)}")
+        from PIL import Image
+
         texts = [text] if isinstance(text, str) else list(text or [])
+        images = [images] if isinstance(images, Image.Image) else images
         flat = []
         for item in images or []:  # one list of images per text, or one flat list (llava-hf accepts both)
             flat += list(item) if isinstance(item, (list, tuple)) else [item]
