@@ -463,7 +463,8 @@ def test_load_artifact_builds_inputs_as_its_spec_says(tmp_path):
     proc = load_artifact(tmp_path, device="cpu")[1]
     assert type(proc) is LlavaV1Processor and type(proc.processor) is T.LlavaProcessor
     msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w1"}]}]
-    assert proc.apply_chat_template(msg, add_generation_prompt=True) == VICUNA_V1_SYSTEM + " USER: <image>\nw1 ASSISTANT:"
+    want = VICUNA_V1_SYSTEM + " USER: <image>\nw1 ASSISTANT:"
+    assert proc.apply_chat_template(msg, add_generation_prompt=True) == want
     (tmp_path / "spec.json").write_text(json.dumps({"kind": "model", "source": "hub", "preprocess": "crop"}))
     with pytest.raises(ValueError, match="^model.preprocess: 'crop' is not one of hf, llava$"):
         load_artifact(tmp_path, device="cpu")

@@ -41,7 +41,8 @@ def _images():
     rng = np.random.default_rng(0)
     wide = rng.integers(0, 256, (30, 47, 3), dtype=np.uint8)  # H x W
     tall = rng.integers(0, 256, (61, 20, 3), dtype=np.uint8)
-    return [Image.fromarray(wide), Image.fromarray(tall), Image.fromarray(rng.integers(0, 256, (33, 33, 3), dtype=np.uint8))]
+    square = rng.integers(0, 256, (33, 33, 3), dtype=np.uint8)
+    return [Image.fromarray(wide), Image.fromarray(tall), Image.fromarray(square)]
 
 
 # --- the re-derivation -------------------------------------------------------------------
@@ -135,8 +136,9 @@ def test_prompt_is_vicuna_v1(llava):
         convo = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]},
                  {"role": "assistant", "content": [{"type": "text", "text": a}]}]
         assert llava.apply_chat_template(convo) == ref_prompt(q, a)
-    assert llava.with_system(LLAVA_V1_SYSTEM).apply_chat_template(
-        [{"role": "user", "content": "<image>\nHi"}], add_generation_prompt=True) == ref_prompt("Hi", system=LLAVA_V1_SYSTEM)
+    theirs = llava.with_system(LLAVA_V1_SYSTEM)
+    got = theirs.apply_chat_template([{"role": "user", "content": "<image>\nHi"}], add_generation_prompt=True)
+    assert got == ref_prompt("Hi", system=LLAVA_V1_SYSTEM)
 
 
 def test_training_ids_and_labels_are_llavas(llava):
