@@ -217,6 +217,22 @@ def test_noise_probes_are_tokenized_as_llava(llava):
     assert pixels[0].shape == (3, SIZE, SIZE)
 
 
+def test_the_model_stage_records_preprocess_for_every_later_stage(tmp_path):
+    import json
+
+    from dowser.cli import main
+    from dowser.models import load_artifact
+    from dowser.spec import ModelSpec
+
+    proc = tiny_llava_processor()
+    tiny_llava(vocab=len(proc.tokenizer), image_token=proc.image_token_id).save_pretrained(tmp_path / "src")
+    proc.save_pretrained(tmp_path / "src")
+    spec = ModelSpec(source="hub", name=str(tmp_path / "src"), preprocess="llava")
+    assert main(["model", "--spec", spec.to_json(), "--out", str(tmp_path / "model")]) == 0
+    assert json.loads((tmp_path / "model" / "spec.json").read_text())["preprocess"] == "llava"
+    assert type(load_artifact(tmp_path / "model", device="cpu")[1]) is LlavaV1Processor
+
+
 def test_finetune_trains_on_llava_inputs(tmp_path, monkeypatch):
     """The fine-tune stage reads spec.json's preprocess: its samples come from LlavaV1Processor."""
     import json
