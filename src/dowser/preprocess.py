@@ -78,11 +78,12 @@ def clip_pil(image_processor):
 
     keys = ("size", "crop_size", "image_mean", "image_std", "resample", "do_resize", "do_center_crop",
             "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb")
-    missing = [k for k in ("size", "crop_size", "image_mean", "image_std") if getattr(image_processor, k, None) is None]
+    saved = image_processor.to_dict()  # plain values whatever the backend (torchvision keeps SizeDicts)
+    missing = [k for k in ("size", "crop_size", "image_mean", "image_std") if saved.get(k) is None]
     if missing:
         raise ValueError(f"model.preprocess 'llava' needs a CLIP image processor; {type(image_processor).__name__} "
                          f"has no {', '.join(missing)}")
-    return CLIPImageProcessorPil(**{k: getattr(image_processor, k) for k in keys if hasattr(image_processor, k)})
+    return CLIPImageProcessorPil(**{k: saved[k] for k in keys if k in saved})
 
 
 class LlavaV1Processor:
