@@ -14,8 +14,9 @@ its evaluation) in three ways, which `LlavaV1Processor` undoes:
 - prompt: the `vicuna_v1` conversation (SeparatorStyle.TWO): `{system} USER: <image>\\n{question}
   ASSISTANT:`, answers closed by `</s>`; llava-hf's chat template has no system prompt.
 - token ids: `tokenizer_image_token` tokenizes the text between image tokens chunk by chunk,
-  each chunk as a text of its own (a Llama tokenizer then starts the chunk after `<image>` with
-  its prefix space, id 29871) and drops the BOS of every chunk but the first.
+  each chunk as a text of its own (so a Llama tokenizer starts the chunk after `<image>` with
+  its prefix-space token `▁`, which whole-prompt tokenization leaves out) and drops the BOS of
+  every chunk but the first.
 Each image token is then expanded to the vision tower's feature count, as llava-hf's model
 expects (LLaVA's own model splices the features in at that one position: the same sequence).
 """
@@ -138,12 +139,11 @@ class LlavaV1Processor:
         return ids
 
     def __call__(self, text=None, images=None, padding=False, return_tensors=None, truncation=False, **kwargs):
+        from PIL import Image
         from transformers import BatchFeature
 
         if truncation or kwargs:
             raise ValueError(f"LlavaV1Processor does not take {['truncation'] if truncation else sorted(kwargs)}")
-        from PIL import Image
-
         texts = [text] if isinstance(text, str) else list(text or [])
         images = [images] if isinstance(images, Image.Image) else images
         flat = []
