@@ -124,3 +124,29 @@ def test_evaluation_runs_their_protocol(imagenet_root, tmp_path, monkeypatch):
     torch.manual_seed(1)
     with pytest.raises(ValueError, match="^evaluate.preset 'authors' needs model.preprocess 'llava'"):
         evaluate_benchmarks(model, proc.processor, ["imagenet-r"], imagenet_root, authors=AUTHORS_EVAL)
+
+
+def test_the_evaluate_stage_passes_the_preset(imagenet_root, tmp_path):
+    """`dowser evaluate` with an authors EvalSpec on a model folder whose spec.json says llava gives
+    what evaluate_benchmarks gives with the preset (same weights: tiny_llava's seed)."""
+    from dowser.cli import main
+    from dowser.spec import EvalSpec
+
+    proc = tiny_llava_processor()
+    tiny_llava(vocab=len(proc.tokenizer), image_token=proc.image_token_id).save_pretrained(tmp_path / "model")
+    proc.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "spec.json").write_text(json.dumps({"kind": "model", "preprocess": "llava"}))
+    params = eval_params({"limit": None, "max_new_tokens": 16, "preset": "authors"})
+    spec = EvalSpec(model="m", benchmarks=("imagenet-r",), params=params)
+    argv = ["evaluate", "--spec", spec.to_json(), "--model", str(tmp_path / "model"), "--data", str(imagenet_root)]
+    assert main(argv + ["--out", str(tmp_path / "eval")]) == 0
+    model = tiny_llava(vocab=len(proc.tokenizer), image_token=proc.image_token_id)
+    evaluate_benchmarks(model, prepare_processor(proc, "llava"), ["imagenet-r"], imagenet_root, batch_size=64,
+                        authors=AUTHORS_EVAL, out_dir=tmp_path / "direct")
+    assert (tmp_path / "eval" / "imagenet-r.predictions.jsonl").read_text() == (
+        tmp_path / "direct" / "imagenet-r.predictions.jsonl").read_text()
+    spec = EvalSpec(model="m", benchmarks=("imagenet-r",), params=eval_params({"limit": None, "max_new_tokens": 16}))
+    argv[2] = spec.to_json()
+    assert main(argv + ["--out", str(tmp_path / "ours")]) == 0  # greedy, our prompt: other predictions
+    assert (tmp_path / "ours" / "imagenet-r.predictions.jsonl").read_text() != (
+        tmp_path / "eval" / "imagenet-r.predictions.jsonl").read_text()
