@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import transformers as T
 from PIL import Image
 
 from dowser.data import sft_batch, user_prompt
