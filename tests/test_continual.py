@@ -48,6 +48,20 @@ def test_each_step_names_the_previous_run_and_its_start_model():
     assert first.benchmarks == tuple(TASKS)
 
 
+def test_step_models_load_their_inputs_as_the_base_model(tmp_path):
+    """A step model's folder is read with the base model's preprocess (its spec.json says so)."""
+    c = cfg(tasks=["coco-caption", "imagenet-r"])
+    c["model"] = {"source": "hub", "name": "llava-hf/llava-1.5-7b-hf", "preprocess": "llava"}
+    c["data"] = {"root": str(tmp_path)}
+    c["finetune"]["tasks"] = ["coco-caption"]
+    c["evaluate"].update(upstream=["gqa"], downstream=["coco-caption", "imagenet-r"])
+    models = grid(c).models.values()
+    assert models and all(m.preprocess == "llava" and json.loads(m.to_json())["preprocess"] == "llava"
+                          for m in models)
+    assert all("preprocess" not in json.loads(m.to_json()) for m in grid(cfg()).models.values())
+
+
+
 def test_a_change_upstream_in_the_chain_changes_every_later_step():
     g0 = grid(cfg())
     lr = grid(cfg(train={"lr": 0.02}))

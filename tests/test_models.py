@@ -446,6 +446,30 @@ def test_load_model_round_trip_image_text(tmp_path):
         assert torch.equal(loaded.get_submodule(m.name).weight, model.get_submodule(m.name).weight)
 
 
+def test_load_artifact_builds_inputs_as_its_spec_says(tmp_path):
+    """A model folder's spec.json `preprocess` decides the processor every stage gets."""
+    import json
+
+    from dowser.models import load_artifact
+    from dowser.preprocess import VICUNA_V1_SYSTEM, LlavaV1Processor
+
+    _llava().save_pretrained(tmp_path)
+    T.LlavaProcessor(image_processor=T.CLIPImageProcessor(size={"shortest_edge": 28},
+                                                          crop_size={"height": 28, "width": 28}),
+                     tokenizer=_tokenizer(extra_special_tokens={"image_token": "<image>"}),
+                     patch_size=14, image_token="<image>").save_pretrained(tmp_path)
+    assert type(load_artifact(tmp_path, device="cpu")[1]) is T.LlavaProcessor  # no spec.json: hf
+    (tmp_path / "spec.json").write_text(json.dumps({"kind": "model", "source": "hub", "preprocess": "llava"}))
+    proc = load_artifact(tmp_path, device="cpu")[1]
+    assert type(proc) is LlavaV1Processor and type(proc.processor) is T.LlavaProcessor
+    msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w1"}]}]
+    want = VICUNA_V1_SYSTEM + " USER: <image>\nw1 ASSISTANT:"
+    assert proc.apply_chat_template(msg, add_generation_prompt=True) == want
+    (tmp_path / "spec.json").write_text(json.dumps({"kind": "model", "source": "hub", "preprocess": "crop"}))
+    with pytest.raises(ValueError, match="^model.preprocess: 'crop' is not one of hf, llava$"):
+        load_artifact(tmp_path, device="cpu")
+
+
 def test_load_model_errors(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError) as err:

@@ -182,6 +182,23 @@ def test_hub_revision_default_is_main(tmp_path):
     assert a.id == b.id and a.revision == "main"
 
 
+def test_model_preprocess_is_in_the_ids_it_changes(tmp_path):
+    """hf (the default) keeps the ids of models specced before the key existed; llava is a new
+    model id, so every probe, score, mask, run and evaluation below it is new too."""
+    from dowser.spec import ModelSpec
+
+    plain, hf = build_grid(hub(tmp_path)), build_grid(hub(tmp_path, preprocess="hf"))
+    llava = build_grid(hub(tmp_path, preprocess="llava"))
+    assert all_ids(plain) == all_ids(hf) and "preprocess" not in json.loads(plain.model.to_json())
+    before = {k: v for k, v in json.loads(plain.model.to_json()).items() if k != "kind"}
+    assert ModelSpec(**before).id == plain.model.id  # the spec as written before the field
+    assert llava.model.preprocess == "llava" and json.loads(llava.model.to_json())["preprocess"] == "llava"
+    assert not all_ids(llava) & all_ids(plain)
+    assert ModelSpec.from_dict(json.loads(llava.model.to_json())).id == llava.model.id
+    with pytest.raises(ValueError, match=r"^model.preprocess: 'llava' is for LLaVA-1.5 checkpoints; the world"):
+        build_grid(cfg(model__preprocess="llava"))
+
+
 # --- the method table --------------------------------------------------------------------
 
 def test_grid_follows_the_method_table():

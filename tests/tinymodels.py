@@ -34,6 +34,37 @@ def tiny_llava(dtype=torch.float32, layers=2, vocab=64, seed=0, image_token=63):
     return model
 
 
+def tiny_llama_tokenizer():
+    """A Llama BPE tokenizer (Metaspace, byte fallback, BOS added) over bytes, letters, digits and
+    a few merges, with `<image>` (id 331) and `<pad>` (330): chunk-wise tokenization differs from
+    whole-text tokenization after `<image>`, as with Llama's own."""
+    import string
+
+    import transformers as T
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for ch in "▁" + string.ascii_letters + string.digits + ".,:?'!":
+        vocab.setdefault(ch, len(vocab))
+    merges = [("▁", "A"), ("▁", "U"), ("▁", "a")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    return T.LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, pad_token="<pad>",
+                            extra_special_tokens={"image_token": "<image>"})
+
+
+def tiny_llava_processor(size=28, mean=None, std=None):
+    """A llava-hf style LlavaProcessor for tiny_llava: CLIP resize + centre crop to `size`, 14 px
+    patches, CLS dropped (size 28: 4 image tokens), tiny_llama_tokenizer."""
+    import transformers as T
+
+    kw = {} if mean is None else {"image_mean": list(mean), "image_std": list(std)}
+    clip = T.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **kw)
+    return T.LlavaProcessor(image_processor=clip, tokenizer=tiny_llama_tokenizer(), patch_size=14,
+                            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                            image_token="<image>", chat_template="{% for m in messages %}USER: {% endfor %}")
+
+
 def tiny_world_llava(dtype=torch.float64, seed=0):
     """(model, processor): a LlavaForConditionalGeneration with the world's tokenizer
     (124 words, 6 special ids) and a 2-block, 16-wide decoder; frozen, eval mode."""

@@ -216,7 +216,7 @@ def cmd_evaluate(args):
     results = evaluate_benchmarks(model, processor, list(spec["benchmarks"]), Path(args.data),
                                   batch_size=args.batch_size, limit=params["limit"],
                                   max_new_tokens=params["max_new_tokens"], out_dir=work,
-                                  resume_key=key)
+                                  resume_key=key, authors=params.get("authors"))
     run = json.loads((Path(args.run) / "spec.json").read_text()) if args.run else None
     write_json(work / "eval.json", {"eval": json.loads(args.spec), "run": run, "results": results})
     write_spec(work, args.spec, started)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dowser.methods.table import METHODS, traits
+from dowser.presets import eval_params as preset_eval_params
 from dowser.spec import EvalSpec, MaskSpec, ModelSpec, ProbeSpec, ScoreSpec, Spec, check_training_tasks  # noqa: F401 (ProbeSpec, ScoreSpec: ContinualGrid)
 
 MASK_MODES = ("recompute", "keep")
@@ -48,6 +49,9 @@ class StepModelSpec(Spec):
     run: str  # the ContinualRunSpec whose delta is applied
     dtype: str = "float32"  # the base model's, so every stage loads the folder as it loads the base
     trust_remote_code: bool = False
+    preprocess: str = "hf"
+
+    LATER_FIELDS = ("preprocess",)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
         raise ValueError("continual: the base model spec differs from the main grid's")
     tasks = tuple(c["tasks"])
     grid = ContinualGrid(base=base, tasks=tasks)
-    eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
+    eval_params = preset_eval_params(ev)  # the main grid (_templates) checked the preset against the model
     upstream = tuple(ev["upstream"])
 
     def add_eval(model_id: str, run_id: str | None, benchmarks: tuple) -> None:
@@ -191,7 +195,8 @@ def build_continual(config: dict, base: ModelSpec) -> ContinualGrid:
                 add_eval(start, run.id, (upstream if last else ()) + tasks)
                 if not last:
                     after = StepModelSpec(model=start, run=run.id, dtype=base.dtype,
-                                          trust_remote_code=base.trust_remote_code)
+                                          trust_remote_code=base.trust_remote_code,
+                                          preprocess=base.preprocess)
                     grid.models[after.id] = after
                     start = after.id
                 previous = run.id

@@ -41,8 +41,11 @@ def _check_data(info: TaskInfo, data_root: Path | None) -> None:
                                 f"{Path(data_root) / info.data_name / info.split}.parquet")
 
 
-def task_configs(info: TaskInfo, data_root: Path | None, max_new_tokens: int) -> list[dict]:
-    """lm-eval task dicts for one benchmark: its generation task (+ its label task)."""
+def task_configs(info: TaskInfo, data_root: Path | None, max_new_tokens: int,
+                 authors: dict | None = None) -> list[dict]:
+    """lm-eval task dicts for one benchmark: its generation task (+ its label task). `authors`
+    (dowser.presets.AUTHORS_EVAL): their prompt, reference, metric and sampling for the
+    benchmarks it lists, and no label task (their rows have no closed answer set)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     data = {"benchmark": info.name, "data_root": None if data_root is None else str(data_root),
@@ -51,6 +54,13 @@ def task_configs(info: TaskInfo, data_root: Path | None, max_new_tokens: int) ->
     gen.update(task=info.name, dataset_kwargs=data)
     gen["generation_kwargs"] = {**gen.get("generation_kwargs", {}),
                                 "max_gen_toks": info.max_new_tokens or max_new_tokens}
+    if authors is not None and info.name in authors["benchmarks"]:
+        gen.update(doc_to_text=hooks.authors_text, doc_to_target=hooks.authors_target)
+        if info.metric == "exact_match":
+            gen["process_results"] = hooks.authors_results
+        gen["generation_kwargs"] = {"until": [], "max_gen_toks": authors["max_new_tokens"], "do_sample": True,
+                                    **{k: authors[k] for k in ("temperature", "top_p", "top_k")}}
+        return [gen]
     configs = [gen]
     if info.label_acc:
         labels = load_yaml(YAML_DIR / "labels.yaml", resolve_func=True)
@@ -163,8 +173,8 @@ def _resumable(out_dir: Path, key: dict, names: list[str]) -> set[str]:
 def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path, *,
                         batch_size: int = 32, limit: int | None = None,
                         max_new_tokens: int = 16, out_dir: Path | None = None,
-                        resume_key: dict | None = None, static_cache: bool | None = None
-                        ) -> dict[str, dict]:
+                        resume_key: dict | None = None, static_cache: bool | None = None,
+                        authors: dict | None = None) -> dict[str, dict]:
     """Evaluate `model` (left in eval mode) on every benchmark, in order.
 
     Returns {benchmark: {"benchmark", "metric", "value" (paper scale), "n", "label_acc"
@@ -177,6 +187,9 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
     `resume_key` (with `out_dir`; JSON, e.g. the spec and `input_stamp`s of the model and run):
     benchmarks whose files `out_dir` already holds under this key are read back, not rerun.
     `static_cache`: generate into a static KV cache (default: on accelerators; `InMemoryVLM`).
+    `authors` (evaluate.preset authors: EvalSpec.params["authors"]): the authors' evaluation of the
+    benchmarks it lists, through `processor` (model.preprocess llava) with their conversation's
+    system prompt; torch's RNG is seeded with its seed before each of them (they sample).
     """
     import lm_eval.evaluator  # noqa: F401  (imported before the clock starts)
     from lm_eval.tasks import TaskManager
@@ -189,6 +202,14 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
         _check_data(info, data_root)
     for name in ("lm_eval", "lm_eval.api.task"):
         logging.getLogger(name).addFilter(_QUIET)  # a no-op when already there
+    theirs = None
+    if authors is not None:
+        from dowser.preprocess import CONVERSATIONS, LlavaV1Processor
+
+        if not isinstance(processor, LlavaV1Processor):
+            raise ValueError("evaluate.preset 'authors' needs model.preprocess 'llava' (their evaluation pads "
+                             "images and prompts as LLaVA's code does)")
+        theirs = processor.with_system(CONVERSATIONS[authors["conversation"]])
     lm = InMemoryVLM(model, processor, batch_size=batch_size, static_cache=static_cache)
     manager = TaskManager(include_path=str(YAML_DIR), include_defaults=False)
     results, done = {}, set()
@@ -200,8 +221,14 @@ def evaluate_benchmarks(model, processor, benchmarks: list[str], data_root: Path
         if info.name in done:
             results[info.name] = json.loads((Path(out_dir) / f"{info.name}.json").read_text())
             continue
+        lm.processor = processor
+        if theirs is not None and info.name in authors["benchmarks"]:
+            import torch
+
+            lm.processor = theirs
+            torch.manual_seed(authors["seed"])
         start = time.perf_counter()
-        out = _run_lmeval(lm, manager, task_configs(info, data_root, max_new_tokens), limit)
+        out = _run_lmeval(lm, manager, task_configs(info, data_root, max_new_tokens, authors), limit)
         summary = _summary(info, out, time.perf_counter() - start)
         results[info.name] = summary
         if out_dir is not None:

@@ -125,6 +125,13 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
     return float(any(pred == normalize_answer(r) for r in refs))
 
 
+def lower_match(prediction: str, reference: str) -> float:
+    """1.0 if the stripped prediction equals the reference up to case, nothing else normalized: the
+    authors' eval_imagenet.py / eval_iconqa.py (`text.lower() == reference.lower()` on the
+    generation's `.strip()`; "Centipede." is wrong for "Centipede")."""
+    return float(prediction.strip().lower() == reference.lower())
+
+
 # --- multiple choice (MMBench) --------------------------------------------------------
 LETTERS = "ABCDEFGHIJ"
 # MMBench's evaluator as lmms-eval runs it (lmms_eval/tasks/mmbench/mmbench_evals.py,

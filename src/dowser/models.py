@@ -268,6 +268,7 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     empty: bool = False,
+    preprocess: str = "hf",
 ):
     """Load a checkpoint folder or a hub model -> (model in eval mode, processor or tokenizer).
 
@@ -278,6 +279,7 @@ def load_model(
     `trust_remote_code` runs the checkpoint's own *.py (e.g. NVILA): off unless asked.
     `empty`: read no weights; parameters on the meta device, buffers real (FSDP ranks > 0: accelerate
     broadcasts rank 0's weights into the shards, `dowser.distributed.loads_on_rank0`).
+    `preprocess`: "llava" wraps the processor as LLaVA-1.5's own code builds inputs (`dowser.preprocess`).
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -286,8 +288,12 @@ def load_model(
         AutoTokenizer,
     )
 
+    from dowser.preprocess import PREPROCESS, prepare_processor
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"model.preprocess: '{preprocess}' is not one of {', '.join(PREPROCESS)}")
     path = resolve_model(name, revision)
     kwargs = dict(dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
 
@@ -315,7 +321,7 @@ def load_model(
     if not empty:
         model.to(device)
     model.eval()
-    return model, processor
+    return model, prepare_processor(processor, preprocess)
 
 
 def download_model(spec: dict, out: str | Path) -> Path:
@@ -340,8 +346,9 @@ def download_model(spec: dict, out: str | Path) -> Path:
 
 
 def load_artifact(path: str | Path, device: str | None = None, empty: bool = False):
-    """Load a pipeline base model folder with the dtype and trust_remote_code of its spec.json
-    (written by the model stage); device: cuda when available unless given; `empty`: see load_model."""
+    """Load a pipeline base model folder with the dtype, trust_remote_code and preprocess of its
+    spec.json (written by the model stage); device: cuda when available unless given; `empty`: see
+    load_model."""
     import json
 
     import torch
@@ -352,4 +359,5 @@ def load_artifact(path: str | Path, device: str | None = None, empty: bool = Fal
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_model(path, dtype=spec.get("dtype", "float32"), device=device, empty=empty,
-                      trust_remote_code=bool(spec.get("trust_remote_code", False)))
+                      trust_remote_code=bool(spec.get("trust_remote_code", False)),
+                      preprocess=spec.get("preprocess", "hf"))

@@ -1,4 +1,5 @@
-"""Named presets of the probe and score stages: `default` (docs/method.md) and `official`.
+"""Named presets of the probe and score stages: `default` (docs/method.md) and `official`; of
+evaluation: `default` (docs/benchmarks.md) and `authors` (AUTHORS_EVAL).
 
     from dowser.presets import probe_fields, score_fields
     ProbeSpec(model=m, **probe_fields(config["probe"]))   # preset values filled before hashing
@@ -35,10 +36,10 @@ OFFICIAL_SCORE = {
 }
 
 
-def _preset(section: str, cfg: dict) -> str:
+def _preset(section: str, cfg: dict, known: tuple[str, ...] = PRESETS) -> str:
     preset = cfg.get("preset", "default")
-    if preset not in PRESETS:
-        raise ValueError(f"{section}.preset: '{preset}' is not one of {', '.join(PRESETS)}")
+    if preset not in known:
+        raise ValueError(f"{section}.preset: '{preset}' is not one of {', '.join(known)}")
     return preset
 
 
@@ -71,3 +72,30 @@ def score_fields(s: dict) -> dict:
     return dict(estimator="l1", draws=int(s["draws"]), aggregate="outer", output="logits",
                 shards=int(s["shards"]), seed=int(s["seed"]), preset="official",
                 params=dict(OFFICIAL_SCORE))
+
+
+# ---------------------------------------------------------------- evaluation presets ----
+EVAL_PRESETS = ("default", "authors")
+
+# `authors`: the authors' downstream evaluation, LLaVA/llava/eval/{coco,flickr30k,iconqa,imagenet}/
+# model_vqa_*.py as their README leaves it (no flags: every argparse default) and eval_*.py.
+# Upstream benchmarks keep ours (the authors follow LLaVA's and LLaVA-HR's repos there).
+AUTHORS_EVAL = {
+    "benchmarks": ["coco-caption", "flickr30k", "iconqa", "imagenet-r"],
+    "conversation": "llava_v1",  # [--conv-mode llava_v1]: conv_llava_v1's system prompt ("curious human")
+    "temperature": 0.2,  # [--temperature 0.2]; do_sample = temperature > 0
+    "top_p": 1.0,  # [--top_p None]: no nucleus cut
+    "top_k": 50,  # not passed: transformers 4.37.2's GenerationConfig default
+    "max_new_tokens": 128,  # [--max_new_tokens 128]
+    "seed": 0,  # not in their scripts (unseeded): torch's RNG is seeded with it before each benchmark
+}
+
+
+def eval_params(ev: dict) -> dict:
+    """EvalSpec.params from the `evaluate` section: `default` adds nothing (ids as before the
+    preset existed); `authors` adds `preset` and every setting of AUTHORS_EVAL."""
+    preset = _preset("evaluate", ev, EVAL_PRESETS)
+    params = {k: ev[k] for k in ("limit", "max_new_tokens")}
+    if preset == "authors":
+        params.update(preset="authors", authors=dict(AUTHORS_EVAL))
+    return params

@@ -38,9 +38,17 @@ def content_id(obj: Any) -> str:
 
 class Spec:
     kind: str = "spec"
+    # Fields added after artifacts were cached, left out of the dict (and the id) at their default,
+    # so every artifact built before the field existed keeps its id.
+    LATER_FIELDS: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        d = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in self.LATER_FIELDS:
+            if d[name] == defaults[name]:
+                del d[name]
+        return {"kind": self.kind, **d}
 
     def to_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -191,6 +199,11 @@ class ModelSpec(Spec):
     revision: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    # dowser.preprocess: hf (the checkpoint's processor) | llava (LLaVA-1.5's own padding, vicuna_v1
+    # prompt and tokenization); every stage loads the processor this way (models.load_artifact)
+    preprocess: str = "hf"
+
+    LATER_FIELDS = ("preprocess",)
 
 
 @dataclass(frozen=True)
@@ -326,8 +339,13 @@ def looks_local(name: str) -> bool:
 
 def model_spec(config: dict) -> ModelSpec:
     m = config["model"]
+    preprocess = m.get("preprocess", "hf")
     if m["source"] == "world":
         from dowser.world.config import WORLD_VERSION, WorldConfig
+
+        if preprocess != "hf":
+            raise ValueError(f"model.preprocess: '{preprocess}' is for LLaVA-1.5 checkpoints; the world model "
+                             "is trained and evaluated with its own processor (hf)")
 
         world = WorldConfig.from_dict(config.get("world", {}).get("config", {}) or {})
         return ModelSpec(
@@ -356,6 +374,7 @@ def model_spec(config: dict) -> ModelSpec:
         revision=None if looks_local(name) else (m.get("revision") or "main"),
         dtype=m.get("dtype", "float32"),
         trust_remote_code=bool(m.get("trust_remote_code", False)),
+        preprocess=preprocess,
     )
 
 
@@ -474,7 +493,12 @@ def build_grid(config: dict) -> Grid:
 
     train = TrainConfig.from_dict(ft.get("train") or {}).spec_dict()
     benchmarks = tuple(ev["upstream"]) + tuple(ev["downstream"])
-    eval_params = {k: ev[k] for k in ("limit", "max_new_tokens")}
+    from dowser.presets import eval_params as preset_eval_params
+
+    eval_params = preset_eval_params(ev)
+    if "preset" in eval_params and model.preprocess != "llava":
+        raise ValueError("evaluate.preset: 'authors' needs model.preprocess 'llava' (the authors' evaluation "
+                         "pads images and prompts as LLaVA's code does)")
 
     def add_eval(run: RunSpec | None) -> None:
         spec = EvalSpec(model=model.id, benchmarks=benchmarks, params=eval_params, run=run.id if run else None)

@@ -116,6 +116,29 @@ def test_llava_conversation_json_for_any_task(tmp_path):
     assert hooks.iconqa_text(doc) == "<image>Which shape?\nA. circle\nB. square"
 
 
+def test_the_authors_question_files(tmp_path):
+    """Model-Dowser's data/<task>/test.jsonl rows (text, reference: five captions or one string)
+    read with their prompts and references; images relative to the file."""
+    (tmp_path / "coco-caption").mkdir()
+    (tmp_path / "coco-caption" / "COCO_val2014_000000391895.jpg").write_bytes(png_bytes(0))
+    caps = ["A man on a moped. ", "Man riding a motor bike."]
+    (tmp_path / "coco-caption" / "val.jsonl").write_text(json.dumps(  # their test.jsonl, our split name
+        {"image": "COCO_val2014_000000391895.jpg", "id": 391895, "category": "conv",
+         "text": "Write a short description for the image.", "reference": caps}) + "\n")
+    doc = load_split("coco-caption", tmp_path)[0]
+    assert (doc["id"], doc["question"], doc["references"], doc["answer"]) == (
+        "391895", "Write a short description for the image.", caps, caps[0].strip())
+    (tmp_path / "iconqa").mkdir()
+    (tmp_path / "iconqa" / "0.png").write_bytes(png_bytes(1))
+    (tmp_path / "iconqa" / "test.jsonl").write_text(json.dumps(
+        {"id": "iconqa_test_0", "image": "0.png", "text": "Does this picture have symmetry?\nA. yes\nB. no",
+         "reference": "Answer: A"}) + "\n")
+    doc = load_split("iconqa", tmp_path)[0]
+    assert (doc["answer"], doc["references"], doc["choices"]) == ("Answer: A", ["Answer: A"], [])
+    assert hooks.authors_text(doc) == "<image>Does this picture have symmetry?\nA. yes\nB. no"
+    assert hooks.authors_target(doc) == "Answer: A"
+
+
 def test_training_split_carries_the_evaluation_prompt(root):
     import shutil
 

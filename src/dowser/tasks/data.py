@@ -60,8 +60,9 @@ def _convert(info: TaskInfo, raw, base_dir: Path | None = None, images=None):
 
     features = common_features()
     columns = raw.column_names if isinstance(raw, datasets.Dataset) else list(raw[0])
-    # LLaVA conversation records (UCIT's IconQA, Flickr30k, ImageNet-R) whatever the task
-    llava_rows = "conversations" in columns or info.adapter is None
+    # LLaVA conversation records (UCIT's IconQA, Flickr30k, ImageNet-R) and the authors' question
+    # files (text + reference) whatever the task
+    llava_rows = "conversations" in columns or info.adapter is None or {"text", "reference"} <= set(columns)
     adapter = ADAPTERS["llava" if llava_rows else info.adapter]
     extra = {"base_dir": base_dir} if adapter is ADAPTERS["llava"] else {}
 

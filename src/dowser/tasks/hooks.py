@@ -114,6 +114,27 @@ def question_text(doc) -> str:  # UCIT ImageNet-R: the instruction is part of th
     return IMAGE + doc["question"]
 
 
+# --- evaluate.preset authors (dowser.presets.AUTHORS_EVAL) --------------------------
+def authors_text(doc) -> str:
+    """The authors' question files (LLaVA/llava/eval/*/model_vqa_*.py read `text`): the row's
+    question as written; a row with an option list gets `\nA. ..` lines, as their IconQA file
+    writes them (no instruction). The conversation puts the image before it."""
+    opts = "".join(f"\n{metrics.LETTERS[i]}. {c}" for i, c in enumerate(doc["choices"]))
+    return IMAGE + doc["question"] + opts
+
+
+def authors_target(doc) -> str:
+    """Their reference: IconQA's is `Answer: <letter>` (data/icon_vqa/test.jsonl); else the answer."""
+    choices = list(doc["choices"])
+    if doc["answer"] in choices:
+        return f"Answer: {metrics.LETTERS[choices.index(doc['answer'])]}"
+    return doc["answer"]
+
+
+def authors_results(doc, results) -> dict:
+    return {"exact_match": metrics.lower_match(results[0], authors_target(doc))}
+
+
 # --- per-example results ------------------------------------------------------------
 def _refs(doc) -> list[str]:
     return list(doc.get("references") or [doc["answer"]])

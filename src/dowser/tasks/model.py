@@ -131,9 +131,13 @@ class InMemoryVLM(HFMultimodalLM):
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
         max_new = kwargs.pop("max_gen_toks", self.max_gen_toks)
-        if kwargs.pop("temperature", 0.0) not in (0, 0.0, None) or kwargs.get("do_sample"):
-            raise ValueError("dowser evaluates with greedy decoding only")
-        kwargs["do_sample"] = False
+        temperature = kwargs.pop("temperature", 0.0) or 0.0
+        if kwargs.get("do_sample") and temperature > 0:  # evaluate.preset authors: their scripts sample
+            kwargs["temperature"] = temperature
+        elif kwargs.get("do_sample") or temperature:
+            raise ValueError("dowser decodes greedily, or samples where a task sets do_sample and a temperature > 0")
+        else:
+            kwargs["do_sample"] = False
         inputs = self.tok_batch_multimodal_encode(
             contexts, visuals, left_truncate_len=self.max_length - max_new,
             truncation=self.truncation)

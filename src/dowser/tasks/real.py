@@ -14,7 +14,7 @@ named in `dowser.tasks` (read from lmms-eval's task utils, which consume them):
 | coco | question_id, image, answer (5 captions) |
 | flickr | img_id, image, caption (5 captions) |
 | iconqa | question_id, question, ques_type, choices ("a,b,c"), answer, query_image |
-| llava | id, image (path), conversations [{from: human}, {from: gpt}] or text/answer |
+| llava | id, image (path), conversations [{from: human}, {from: gpt}] or text/answer or text/reference |
 """
 
 from __future__ import annotations
@@ -115,7 +115,10 @@ def _resolve(image: str, roots) -> str:
 
 
 def llava(r, task="", base_dir: Path | None = None):
-    """LLaVA conversation JSON (UCIT / HiDe-LLaVA release format) or question/answer rows."""
+    """LLaVA conversation JSON (UCIT / HiDe-LLaVA release format), question/answer rows, or the
+    authors' question files (Model-Dowser `data/<task>/test.jsonl`: `text` and `reference`, a
+    caption list or one answer string)."""
+    references = None
     if "conversations" in r:
         turns = r["conversations"]
         question = next(t["value"] for t in turns if t["from"] == "human")
@@ -123,13 +126,17 @@ def llava(r, task="", base_dir: Path | None = None):
     else:
         question = r.get("text", r.get("question"))
         answer = r.get("answer", r.get("label"))
+        if r.get("reference") is not None:
+            ref = r["reference"]
+            references = [str(x) for x in ([ref] if isinstance(ref, str) else ref)]
+            answer = references[0]
     question = question.replace("<image>", "").strip()
     image = r["image"]
     if isinstance(image, str):
         roots = [base_dir] + ([base_dir.parent, base_dir.parent.parent] if base_dir else [])
         image = {"bytes": None, "path": _resolve(image, roots)}
     return [row(r.get("id", r.get("question_id")), image, question, str(answer).strip(),
-                task=task)]
+                references, task=task)]
 
 
 ADAPTERS = {f.__name__: f for f in (textvqa, okvqa, ocrvqa, gqa, mmbench, coco, flickr,
