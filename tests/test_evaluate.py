@@ -283,7 +283,8 @@ def test_cli_rerun_after_a_crash_evaluates_only_the_missing_benchmarks(vlm, data
     processor.save_pretrained(tmp_path / "model")
     names = ["world-gqa", "world-count", "world-coco"]
     out = tmp_path / "evals" / "abc"
-    argv = ["evaluate", "--spec", json.dumps({"benchmarks": names, "params": {"limit": 3, "max_new_tokens": 2}}),
+    spec = {"model": "0" * 12, "benchmarks": names, "params": {"limit": 3, "max_new_tokens": 2}}
+    argv = ["evaluate", "--spec", json.dumps(spec),
             "--model", str(tmp_path / "model"), "--data", str(data_root), "--out", str(out),
             "--batch-size", "4"]
     ran = _count_runs(monkeypatch, crash_on="world-count")
