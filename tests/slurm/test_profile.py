@@ -219,7 +219,10 @@ def resources_smk(config: dict) -> dict:
     """workflow/rules/resources.smk's functions for a config (the file is plain Python)."""
     from dowser.spec import build_grid
 
-    namespace = {"config": config, "GRID": build_grid(config), "sys": sys}
+    from types import SimpleNamespace
+
+    namespace = {"config": config, "GRID": build_grid(config), "sys": sys,
+                 "workflow": SimpleNamespace(basedir=str(ROOT))}  # Snakemake's object, as rules see it
     exec(compile((ROOT / "workflow/rules/resources.smk").read_text(), "resources.smk", "exec"), namespace)
     return namespace
 
