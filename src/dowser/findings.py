@@ -7,7 +7,9 @@ summary.parquet (dowser.report.summary_table, one row per run), stability.parque
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
 continual.parquet or continual*_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...;
 one per sequence setting), upstream_loss.parquet (benchmarks/upstream_loss.py: upstream NLL per
-run and benchmark) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
+run and benchmark), anatomy.parquet (experiments/anatomy.py: mask layout, update size and upstream
+NLL ablations per module type; here and in wide/) and wide/summary.parquet (the capacity run,
+configs/world-wide.yaml). Every number
 in the page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
 
@@ -275,6 +277,16 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
+def anatomy_lines(results: Path, summary: pd.DataFrame, level: int = 2) -> list[str]:
+    """The "Why Dowser wins or loses here" section (`dowser.anatomy.anatomy_section`) when the
+    folder holds anatomy.parquet (experiments/anatomy.py), else nothing."""
+    from dowser.anatomy import anatomy_section
+
+    table = _read(results / "anatomy.parquet")
+    text = "" if table is None else anatomy_section(table, summary, level)
+    return ["\n" + text] if text else []
+
+
 def render(results: Path, frac: float = 0.9) -> str:
     """The page's markdown; writes the plots beside the tables."""
     summary = _read(results / "summary.parquet")
@@ -311,6 +323,7 @@ def render(results: Path, frac: float = 0.9) -> str:
         out += ["\n## Dowser vs Random (paper Table 4 layout)\n", "H, mean ± sd over seeds (Random: mask seeds; "
                 "Dowser: probe seeds); controls at the same ρ; Full-FT at the same task, L and recipe.\n",
                 md_table(layout), "\nThe same with H_rel:\n", md_table(layout_table(summary, "H_rel"))]
+    out += anatomy_lines(results, summary)
     depth = depth_table(summary)
     if not depth.empty:
         out += ["\n## Depth (claim 1)\n", "Seed means at each depth L (the last L decoder blocks trained).\n",
@@ -340,6 +353,7 @@ def render(results: Path, frac: float = 0.9) -> str:
                 f"**{v.verdict}** ({v.evidence}).\n", "The two base models before fine-tuning:\n", md_table(bases), "",
                 md_table(layout_table(wide, "H")),
                 "\nFull-FT there:\n", md_table(shown(wide[wide.method == "full"]))]
+        out += anatomy_lines(results / "wide", wide, level=3)
     recipe = main_recipe(summary)
     at = summary if recipe is None else summary[(summary.method == "zero-shot")
                                                  | ((summary.lr == recipe[0]) & (summary.epochs == recipe[1]))]
