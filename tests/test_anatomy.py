@@ -6,10 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from dowser.anatomy import (ablation_table, ablations, anatomy_section, deltas, effective_rank, group_table,
-                            groups, mask_layout, module_rows, update_stats)
 from tinymodels import tiny_llama
+
+from dowser.anatomy import (
+    ablation_table,
+    ablations,
+    anatomy_section,
+    deltas,
+    effective_rank,
+    group_table,
+    groups,
+    mask_layout,
+    module_rows,
+    update_stats,
+)
 
 
 def test_effective_rank_of_known_spectra():
@@ -20,7 +30,8 @@ def test_effective_rank_of_known_spectra():
         s[range(k), range(k)] = 2.5  # k equal singular values: rank k exactly
         assert effective_rank(q1 @ s @ q2.T) == pytest.approx(k, rel=1e-9)
     # singular values 3 and 1: p = (3/4, 1/4)
-    assert effective_rank(np.diag([3.0, 1.0])) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert effective_rank(np.diag([3.0, 1.0])) == pytest.approx(math.exp(entropy))
     assert effective_rank(np.zeros((4, 5))) == 0.0
     assert effective_rank(np.ones((4, 5), bool)) == pytest.approx(1.0)  # an all-ones mask (a dense run's)
 
@@ -164,18 +175,20 @@ def test_zero_update_leaves_the_upstream_nll_at_the_base_models(world):
     with torch.no_grad():
         for p in params:
             p.fill_(0.05)
-    keys = dict(kind="ablation", run="r", method="dowser", task="t", L=1, rho=0.1, seed=0, lr=0.01, epochs=1)
+    keys = {"kind": "ablation", "run": "r", "method": "dowser", "task": "t", "L": 1, "rho": 0.1, "seed": 0,
+            "lr": 0.01, "epochs": 1}
     table = pd.DataFrame(ablations(model, delta_state(trained, 1), measure)).assign(**keys)
     nll = ablation_table(table)
     at = nll.set_index(["ablation", nll.group.fillna("")])
     assert at.nll["base", ""] == pytest.approx(np.mean([v[0] for v in expected.values()]))
     assert at.nll["all", ""] != at.nll["base", ""]
     rise = at.nll["all", ""] - at.nll["base", ""]
-    assert at.recovered["without", "down_proj"] == pytest.approx((at.nll["all", ""] - at.nll["without", "down_proj"]) / rise)
+    back = at.nll["all", ""] - at.nll["without", "down_proj"]
+    assert at.recovered["without", "down_proj"] == pytest.approx(back / rise)
     assert at.recovered["only", "q_proj"] == pytest.approx((at.nll["only", "q_proj"] - at.nll["base", ""]) / rise)
 
 
-KEYS = dict(task="world-coco", L=2, rho=0.1, lr=0.01, epochs=6)
+KEYS = {"task": "world-coco", "L": 2, "rho": 0.1, "lr": 0.01, "epochs": 6}
 
 
 def _module(run, method, seed, group, entries, share, rows_covered, mean_abs, fro):
@@ -216,7 +229,8 @@ def test_group_and_ablation_tables():
 
 
 def test_section_numbers_come_from_the_table():
-    summary = pd.DataFrame({"run": ["d", "r0", "r1"], "method": ["dowser", "random", "random"], "H": [40.0, 50.0, 54.0]})
+    summary = pd.DataFrame({"run": ["d", "r0", "r1"], "method": ["dowser", "random", "random"],
+                            "H": [40.0, 50.0, 54.0]})
     text = anatomy_section(synthetic_table(), summary)
     assert text.startswith("## Why Dowser wins or loses here\n")
     assert "### world-coco, L = 2, ρ = 0.1, lr 0.01 × 6\n" in text
@@ -228,5 +242,21 @@ def test_section_numbers_come_from_the_table():
     assert "base 1.000, Dowser 2.000, Random 1.500" in text
     assert "for down_proj in Dowser's (80%) and for q_proj in Random's (100%)" in text
     assert "| down_proj | 75% / 75% | 90% / 100% |" in text
+    assert "| 80% / 20% | 80% / 20% |\n" in text  # down_proj: rise taken back without it, rise with it alone
+    assert "Full-FT at this task" not in text
+    full = pd.DataFrame([{**_module("f", "full", None, "q_proj", 100, 1.0, 1.0, 0.005, 0.4), "rho": None}])
+    with_full = anatomy_section(pd.concat([synthetic_table(), full]), summary)
+    assert "Full-FT at this task, L and recipe: mean |Δ| 0.005, ‖ΔW‖_F 0.4." in with_full
     assert anatomy_section(synthetic_table(), summary, level=3).startswith("### Why")
     assert anatomy_section(synthetic_table()[lambda t: t.method == "dowser"]) == ""
+
+
+def test_section_without_ablations():
+    """A table of layout and update size only (experiments/anatomy.py --ablate with no method)."""
+    table = synthetic_table()
+    table = table[table.kind == "module"].dropna(axis=1, how="all")
+    text = anatomy_section(table)
+    assert "rows holding a trainable entry 70% (Random 100%)" in text and "Upstream NLL" not in text
+    assert "| module | entries | rows covered | cols covered | top-10% rows | top-10% cols | mask erank |" in text
+    assert "| q_proj | 25% / 25% | 50% / 100% | 100% / 100% | 20% / 20% | 10% / 10% | 3.0 / 3.0 | 0.02 / 0.01 |" in text
+    assert "| 0.1 / 0.05 | 2.0 / 2.0 |\n" in text and "NLL rise" not in text

@@ -219,6 +219,8 @@ def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
     """Ablation rows per (run, variant, group): NLL as the mean over the upstream benchmarks (as
     upstream_loss.parquet is read), `recovered`: for "without g" the fraction of the run's NLL rise
     over the base that removing g takes back, for "only g" the fraction g alone causes."""
+    if "ablation" not in table:  # layout and update size only (experiments/anatomy.py --ablate)
+        return pd.DataFrame(columns=[*KEYS, "ablation", "group", "nll", "recovered"])
     ab = table[table.kind == "ablation"].fillna({"group": ""})
     nll = ab.groupby([*KEYS, "ablation", "group"], dropna=False, sort=False).nll.mean().reset_index()
     ends = nll[nll.ablation.isin(["base", "all"])].pivot_table(index="run", columns="ablation", values="nll")
@@ -230,19 +232,47 @@ def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pct(v: float) -> str:
-    return "" if v != v else f"{100 * v:.0f}%"
+    return "" if pd.isna(v) else f"{100 * v:.0f}%"
 
 
 def _num(v: float) -> str:
-    return "" if v != v else f"{v:.3g}"
+    return "" if pd.isna(v) else f"{v:.3g}"
+
+
+def _rank(v: float) -> str:
+    return "" if pd.isna(v) else f"{v:.1f}"
+
+
+def _type_rows(mods: tuple[pd.DataFrame, pd.DataFrame], abls: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
+    """Per module type, "Dowser / Random" cells: `group_table` and `ablation_table` rows of each side,
+    means over its runs (and the type's modules, for layout and ranks)."""
+    def pair(g: str, col: str, fmt) -> str:
+        return " / ".join(fmt(f[f.group == g][col].mean()) for f in mods)
+
+    def recovered(g: str, variant: str) -> str:
+        return " / ".join(_pct(a[(a.ablation == variant) & (a.group == g)].recovered.mean()) for a in abls)
+
+    types = dict.fromkeys([*mods[0].group, *mods[1].group, *abls[0].group.dropna(), *abls[1].group.dropna()])
+    rows = []
+    for g in types:
+        row = {"module": g, "entries": pair(g, "share", _pct), "rows covered": pair(g, "rows_covered", _pct),
+               "cols covered": pair(g, "cols_covered", _pct), "top-10% rows": pair(g, "top_rows_share", _pct),
+               "top-10% cols": pair(g, "top_cols_share", _pct), "mask erank": pair(g, "mask_erank", _rank),
+               "mean abs Δ": pair(g, "mean_abs", _num), "‖ΔW‖_F": pair(g, "fro", _num),
+               "ΔW erank": pair(g, "delta_erank", _rank)}
+        if len(abls[0]) or len(abls[1]):
+            row.update({"NLL rise taken back without it": recovered(g, "without"),
+                        "NLL rise with it alone": recovered(g, "only")})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, summary: pd.DataFrame | None,
-                  cell: tuple, level: int) -> list[str]:
+                  cell: tuple, level: int, full: pd.DataFrame | None = None) -> list[str]:
     from dowser.findings import md_table
 
     task, depth, rho, lr, epochs = cell
-    recipe = f", lr {lr:g} × {int(epochs)}" if lr == lr else ""
+    recipe = "" if pd.isna(lr) else f", lr {lr:g} × {int(epochs)}"
     head = "#" * (level + 1) + f" {task}, L = {int(depth)}, ρ = {rho:g}{recipe}"
     out = [head + "\n"]
     d_runs, r_runs = runs[runs.method == "dowser"].run, runs[runs.method == "random"].run
@@ -270,6 +300,9 @@ def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, 
                f"|Δ| per trainable entry {_num(pooled(gd, 'mean_abs'))} (Random {_num(pooled(gr, 'mean_abs'))}, "
                f"{pooled(gd, 'mean_abs') / pooled(gr, 'mean_abs'):.2f}×), ‖ΔW‖_F over the trained modules "
                f"{_num(fro[0])} ({_num(fro[1])}).")
+    if full is not None and len(full):
+        out[-1] += (f" Full-FT at this task, L and recipe: mean |Δ| {_num(pooled(full, 'mean_abs'))}, ‖ΔW‖_F "
+                    f"{_num(float(np.sqrt((full.fro ** 2).groupby(full.run).sum()).mean()))}.")
     ad, ar = abl[abl.run.isin(d_runs)], abl[abl.run.isin(r_runs)]
     if len(ad) and len(ar):
         def nll(a, variant):
@@ -283,25 +316,8 @@ def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, 
         out.append(f"Upstream NLL per answer token: base {nll(ad, 'base'):.3f}, Dowser {nll(ad, 'all'):.3f}, Random "
                    f"{nll(ar, 'all'):.3f}. Removing one module type from the update takes back most of the rise "
                    f"for {gdo} in Dowser's ({_pct(vd)}) and for {gra} in Random's ({_pct(vr)}).")
-    rows = []
-    for g in dict.fromkeys([*gd.group, *gr.group, *ad.group.dropna(), *ar.group.dropna()]):
-        def pair(frame, col, fmt, how="mean"):
-            a, b = (f[f.group == g][col].agg(how) if len(f[f.group == g]) else float("nan") for f in frame)
-            return f"{fmt(a)} / {fmt(b)}"
-
-        def recov(variant):
-            vals = [a[(a.ablation == variant) & (a.group == g)].recovered.mean() for a in (ad, ar)]
-            return f"{_pct(vals[0])} / {_pct(vals[1])}"
-
-        rows.append({"module": g, "entries": pair((gd, gr), "share", _pct),
-                     "rows covered": pair((gd, gr), "rows_covered", _pct),
-                     "top-10% rows": pair((gd, gr), "top_rows_share", _pct),
-                     "mask erank": pair((gd, gr), "mask_erank", lambda v: "" if v != v else f"{v:.1f}"),
-                     "mean abs Δ": pair((gd, gr), "mean_abs", _num), "‖ΔW‖_F": pair((gd, gr), "fro", _num),
-                     "ΔW erank": pair((gd, gr), "delta_erank", lambda v: "" if v != v else f"{v:.1f}"),
-                     "NLL rise taken back without it": recov("without"), "NLL rise with it alone": recov("only")})
-    out += ["", "Per module type, Dowser / Random (Random: mean over seeds; layout and ranks: mean over the "
-            "type's trained modules):\n", md_table(pd.DataFrame(rows))]
+    out += ["", ("Per module type, Dowser / Random (Random: mean over seeds; layout and ranks: mean over the "
+                 "type's trained modules):\n"), md_table(_type_rows((gd, gr), (ad, ar)))]
     return out
 
 
@@ -314,13 +330,15 @@ def anatomy_section(table: pd.DataFrame, summary: pd.DataFrame | None = None, le
     groups_, abl = group_table(table), ablation_table(table)
     out = []
     masked = runs[runs.method.isin(["dowser", "random"])]
+    dense = groups_[groups_.method == "full"]
     for cell, g in masked.groupby(CELL, dropna=False, sort=True):
         if {"dowser", "random"} <= set(g.method):
-            out += _cell_section(g, groups_, abl, summary, cell, level) + [""]
+            task, depth, _, lr, epochs = cell
+            full = dense[(dense.task == task) & (dense.L == depth) & (dense.lr == lr) & (dense.epochs == epochs)]
+            out += _cell_section(g, groups_, abl, summary, cell, level, full) + [""]
     if not out:
         return ""
-    return "\n".join(["#" * level + " Why Dowser wins or loses here\n",
-                      "From `anatomy.parquet` (experiments/anatomy.py, `dowser.anatomy`): where each run's trainable "
-                      "entries sit, how far they moved, and the upstream NLL with one module type of the update "
-                      "removed or kept alone (teacher-forced, per answer token, mean over the upstream benchmarks).\n",
-                      *out])
+    intro = ("From `anatomy.parquet` (experiments/anatomy.py, `dowser.anatomy`): where each run's trainable entries "
+             "sit, how far they moved, and the upstream NLL with one module type of the update removed or kept alone "
+             "(teacher-forced, per answer token, mean over the upstream benchmarks).\n")
+    return "\n".join(["#" * level + " Why Dowser wins or loses here\n", intro, *out])
