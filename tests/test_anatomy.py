@@ -243,6 +243,8 @@ def test_section_numbers_come_from_the_table():
     assert "for down_proj in Dowser's (80%) and for q_proj in Random's (100%)" in text
     assert "| down_proj | 75% / 75% | 90% / 100% |" in text
     assert "| 80% / 20% | 80% / 20% |\n" in text  # down_proj: rise taken back without it, rise with it alone
+    own = synthetic_table().assign(H=lambda t: t.run.map({"d": 70.0, "r0": 60.0, "r1": 62.0}))
+    assert "H: Dowser 70.0 (1 run), Random 61.0 ± 1.4 (2 seeds): Dowser **wins** here." in anatomy_section(own, summary)
     assert "Full-FT at this task" not in text
     full = pd.DataFrame([{**_module("f", "full", None, "q_proj", 100, 1.0, 1.0, 0.005, 0.4), "rho": None}])
     with_full = anatomy_section(pd.concat([synthetic_table(), full]), summary)

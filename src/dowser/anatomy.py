@@ -4,7 +4,8 @@ which module types carry its upstream loss (issue 19, "Findings that explain").
     python experiments/anatomy.py --work /scratch/w1 --out docs/results/anatomy.parquet
 
 One tidy table, two kinds of rows (`kind`), keyed by the run's identity (run, method, task, L,
-rho, seed, lr, epochs, as in upstream_loss.parquet):
+rho, seed, lr, epochs, as in upstream_loss.parquet) with its scores (A_up, A_down, H: `dowser.report`
+on the run's evaluation):
 - "module": one per trained scored linear (`module`, its `group`: q_proj ... down_proj). The
   mask's layout (`mask_layout`: trainable `entries`, their `share` of the run's, fraction of
   rows / columns holding any, share held by the top 10% rows / columns, effective rank of the
@@ -276,9 +277,11 @@ def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, 
     head = "#" * (level + 1) + f" {task}, L = {int(depth)}, ρ = {rho:g}{recipe}"
     out = [head + "\n"]
     d_runs, r_runs = runs[runs.method == "dowser"].run, runs[runs.method == "random"].run
-    if summary is not None and "run" in summary:
-        s = summary[summary.run.isin(runs.run)]
-        hd, hr = s[s.method == "dowser"].H, s[s.method == "random"].H
+    scores = runs if "H" in runs and runs.H.notna().all() else None  # the table's own (experiments/anatomy.py)
+    if scores is None and summary is not None and "run" in summary:
+        scores = summary[summary.run.isin(runs.run)]
+    if scores is not None:
+        hd, hr = scores[scores.method == "dowser"].H, scores[scores.method == "random"].H
         if len(hd) and len(hr):
             out.append(f"H: Dowser {hd.mean():.1f} ({len(hd)} run{'s' * (len(hd) > 1)}), Random {hr.mean():.1f} ± "
                        f"{hr.std(ddof=1) if len(hr) > 1 else float('nan'):.1f} ({len(hr)} seeds): Dowser "
@@ -324,9 +327,10 @@ def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, 
 def anatomy_section(table: pd.DataFrame, summary: pd.DataFrame | None = None, level: int = 2) -> str:
     """The page's "Why Dowser wins or loses here": per cell (task, L, ρ, recipe) holding Dowser and
     Random runs, their masks' layout, their updates' size and which module type carries the upstream
-    loss, every number from `table` (and H from `summary`, when given); "" when no cell has both.
+    loss, every number from `table` (H: the table's own column, else `summary`'s row of the same run
+    id, when given); "" when no cell has both.
     `level`: the section's heading level (its cells one below)."""
-    runs = table[KEYS].drop_duplicates("run")
+    runs = table[[*KEYS, *(["H"] if "H" in table else [])]].drop_duplicates("run")
     groups_, abl = group_table(table), ablation_table(table)
     out = []
     masked = runs[runs.method.isin(["dowser", "random"])]
