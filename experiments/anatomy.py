@@ -65,7 +65,7 @@ def main():
         ident = {"run": run_id, "method": run["method"], "task": run["task"], "L": run["depth"], "rho": run.get("rho"),
                  "seed": seed, "lr": run["train"]["lr"], "epochs": run["train"]["epochs"]}
         runs.append((results, path, doc, ident))
-    scores = summary_table(metrics_table([path for _, path, _ in runs]), norms=False).set_index("run")
+    scores = summary_table(metrics_table([path for _, path, _, _ in runs]), norms=False).set_index("run")
     runs = [(results, doc, {**ident, **scores.loc[ident["run"], ["A_up", "A_down", "H"]].to_dict()})
             for results, _, doc, ident in runs]
     # layout and update size of every run first (seconds), then the ablations (minutes each), Dowser's
