@@ -95,12 +95,12 @@ def main():
             raise SystemExit(f"{args.out}: ablations with --limit {sorted(set(kept.limit))}, not {args.limit}")
     bases = {}
     for results, doc, ident in runs:
-        if not ablated(doc["run"]):
-            continue
         if not kept.empty and ident["run"] in set(kept.run):
             mine = kept[kept.run == ident["run"]][["ablation", "group", "benchmark", "nll", "tokens"]]
             rows += [{**ident, "kind": "ablation", **r, "limit": args.limit} for r in mine.to_dict("records")]
             print(f"{ident['method']} {ident['task']} seed={ident['seed']}: ablations kept from {args.out}")
+            continue
+        if not ablated(doc["run"]):
             continue
         (model, processor), state, _ = load(results, doc)
         upstream = sorted(b for b, r in doc["results"].items() if r["role"] == "upstream")

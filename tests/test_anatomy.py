@@ -239,7 +239,7 @@ def test_section_numbers_come_from_the_table():
     assert "rows holding a trainable entry 70% (Random 100%)" in text
     assert "mean |Δ| per trainable entry 0.035 (Random 0.01, 3.50×)" in text
     assert f"‖ΔW‖_F over the trained modules {math.sqrt(0.1):.3g} ({math.sqrt(0.05 ** 2 + 0.1 ** 2):.3g})" in text
-    assert "base 1.000, Dowser 2.000, Random 1.500" in text
+    assert "base 1.000, Dowser 2.000, Random 1.500 (2 seeds)" in text
     assert "for down_proj in Dowser's (80%) and for q_proj in Random's (100%)" in text
     assert "| down_proj | 75% / 75% | 90% / 100% |" in text
     assert "| 80% / 20% | 80% / 20% |\n" in text  # down_proj: rise taken back without it, rise with it alone

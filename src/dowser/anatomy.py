@@ -316,8 +316,9 @@ def _cell_section(runs: pd.DataFrame, groups_: pd.DataFrame, abl: pd.DataFrame, 
             return (w.idxmax(), float(w.max())) if len(w) else ("", float("nan"))
 
         (gdo, vd), (gra, vr) = best(ad), best(ar)
+        seeds = ar.run.nunique()
         out.append(f"Upstream NLL per answer token: base {nll(ad, 'base'):.3f}, Dowser {nll(ad, 'all'):.3f}, Random "
-                   f"{nll(ar, 'all'):.3f}. Removing one module type from the update takes back most of the rise "
+                   f"{nll(ar, 'all'):.3f} ({seeds} seed{'s' * (seeds > 1)}). Removing one module type from the update takes back most of the rise "
                    f"for {gdo} in Dowser's ({_pct(vd)}) and for {gra} in Random's ({_pct(vr)}).")
     out += ["", ("Per module type, Dowser / Random (Random: mean over seeds; layout and ranks: mean over the "
                  "type's trained modules):\n"), md_table(_type_rows((gd, gr), (ad, ar)))]
