@@ -240,11 +240,14 @@ def test_section_numbers_come_from_the_table():
     assert "mean |Δ| per trainable entry 0.035 (Random 0.01, 3.50×)" in text
     assert f"‖ΔW‖_F over the trained modules {math.sqrt(0.1):.3g} ({math.sqrt(0.05 ** 2 + 0.1 ** 2):.3g})" in text
     assert "base 1.000, Dowser 2.000, Random 1.500 (2 seeds)" in text
-    assert "for down_proj in Dowser's (80%) and for q_proj in Random's (100%)" in text
+    assert ("Module types whose removal from the update takes back ≥ 50% of the rise: Dowser down_proj 80% (one "
+            "type alone causes at most down_proj 80% of it); Random q_proj 100% (one type alone causes at most "
+            "q_proj 100% of it).") in text
     assert "| down_proj | 75% / 75% | 90% / 100% |" in text
     assert "| 80% / 20% | 80% / 20% |\n" in text  # down_proj: rise taken back without it, rise with it alone
     own = synthetic_table().assign(H=lambda t: t.run.map({"d": 70.0, "r0": 60.0, "r1": 62.0}))
-    assert "H: Dowser 70.0 (1 run), Random 61.0 ± 1.4 (2 seeds): Dowser **wins** here." in anatomy_section(own, summary)
+    wins = "H: Dowser 70.0 (1 run), Random 61.0 ± 1.4 (2 seeds): Dowser **wins** here."
+    assert wins in anatomy_section(own, summary)
     assert "Full-FT at this task" not in text
     full = pd.DataFrame([{**_module("f", "full", None, "q_proj", 100, 1.0, 1.0, 0.005, 0.4), "rho": None}])
     with_full = anatomy_section(pd.concat([synthetic_table(), full]), summary)

@@ -168,4 +168,4 @@ def test_results_page_explains_each_world_when_its_anatomy_table_exists(tmp_path
     assert "\n### world-coco, L = 2, ρ = 0.1, lr 0.01 × 6\n" in text
     wide = text[text.index("## Capacity: the wide world"):]
     assert "\n### Why Dowser wins or loses here\n" in wide and "\n#### world-coco, L = 2" in wide
-    assert "for down_proj in Dowser's (80%) and for q_proj in Random's (100%)" in wide
+    assert "takes back ≥ 50% of the rise: Dowser down_proj 80%" in wide
