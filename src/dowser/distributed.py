@@ -178,7 +178,24 @@ def prepare(acc, model, opt):
         new = fsdp2_canonicalize_names(dict(acc.unwrap_model(model).named_parameters()))
         for group, keys in zip(opt.param_groups, order):
             group["params"] = [new[k] for k in keys]
+        if acc.native_amp:
+            _autocast_forward(acc, model)
     return model, opt
+
+
+def _autocast_forward(acc, model) -> None:
+    """The forward under the accelerator's autocast, as accelerate wraps it for every other
+    distributed type (its FSDP2 path leaves precision to the FSDP policy alone): one recipe,
+    sharded or not. Without it a sharded run computes the ops autocast keeps in fp32 in bf16
+    (tests/test_finetune_distributed.py: a bf16 Full-FT drifted 5e-4 from 2 unsharded processes),
+    and an fp32 master gathered in its own dtype (`mixed_precision_policy`) meets bf16 inputs."""
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32, get_mixed_precision_context_manager
+
+    context = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)
+    model._original_forward = model.forward
+    model.forward = MethodType(convert_outputs_to_fp32(context(model.forward.__func__)), model)
 
 
 def unwrap_params(opt) -> list:
