@@ -5,7 +5,8 @@
 #    tokens/s of a Dowser (rho 0.1) vs a Full-FT step, on a LLaVA-1.5-7B-shaped slice
 #    -> benchmarks/results/gpu_check.json
 # 2. benchmarks/memory_7b.py --compare cuda: every job of memory_7b.json (probe generation, official
-#    scoring, Full-FT and Dowser steps with and without gradient checkpointing, evaluation) on a 4-block
+#    scoring, Full-FT and Dowser steps with and without gradient checkpointing, the checkpoint save after
+#    Dowser's step (its files written to a temporary folder), evaluation) on a 4-block
 #    LLaVA-1.5-7B slice on CUDA: torch.cuda.max_memory_allocated vs the fake-tensor figure for the same
 #    shapes (goal: within 10%) -> benchmarks/results/memory_7b_cuda.json
 # 3. the `gpu`-marked tests (tests/test_gpu.py: bf16 fine-tune and scoring on CUDA)

@@ -27,8 +27,12 @@ the project's own functions:
   train the same number of entries at rho = 0.1 through the same parametrization: their masks
   here select the first round(rho * n) entries of each module (memory depends on the count, not
   on which entries);
-- checkpoint save: the training state at rest after the step (`save_checkpoint` copies every
-  tensor to host memory one at a time: no device allocation beyond one tensor);
+- checkpoint save: `dowser.checkpoint.save_checkpoint` of the state after a fine-tune's step (full
+  and dowser at L = 20, no gradient checkpointing; 1 process, and FSDP over 2, 4 and 8: each process
+  writes its own shard). Device bytes as above; the host copy a GPU run makes of each tensor it
+  writes (`_raw`'s `.cpu()`) is made as a fake tensor of the same shape, counted on a separate
+  "host" key, and nothing is written to disk (a fake tensor has no bytes): the host peak is what
+  the save holds at once, the written bytes what the process's state file holds;
 - evaluate: one batch of 64 (`dowser evaluate`'s default) of 576 image + 48 prompt tokens,
   generating 16 tokens with a KV cache (prefill at the last position only, as transformers'
   generate does), and one label-scoring forward over the same batch.
@@ -47,6 +51,7 @@ import platform
 import sys
 import time
 import weakref
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # data-dependent checks: no values to check
@@ -63,6 +68,7 @@ from gpu_check import FULL_SHAPE  # noqa: E402  (llava-hf/llava-1.5-7b-hf's conf
 OUT = Path(__file__).parent / "results" / "memory_7b.json"
 GIB = 2**30
 METHODS = ["full", "dowser", "random", "spider", "lora", "magnitude", "wanda"]
+SAVE_METHODS = ["full", "dowser"]  # the largest state (dense masters and moments) and a masked one
 DEPTH, MICRO, TEXT, RHO, ACCUM = 20, 16, 64, 0.1, 2
 EVAL_BATCH, EVAL_PROMPT, EVAL_NEW = 64, 48, 16
 
@@ -77,6 +83,7 @@ class LiveBytes(TorchDispatchMode):
         self.current: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.paused = False
+        self.key: str | None = None  # counts new storages under this key instead of their device
 
     def track(self, *tensors) -> None:
         for t in tensors:
@@ -92,7 +99,7 @@ class LiveBytes(TorchDispatchMode):
             return
         if st in self.seen:
             return
-        entry = [None, st.nbytes(), str(t.device)]  # weak ref, bytes now, device
+        entry = [None, st.nbytes(), self.key or str(t.device)]  # weak ref, bytes now, device
         self._change(entry[2], entry[1])
 
         def freed(_ref, entry=entry):
@@ -130,6 +137,15 @@ class LiveBytes(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak = dict(self.current)
+
+    @contextlib.contextmanager
+    def counted_as(self, key: str):
+        """Storages made inside count under `key` (a host copy of a fake device tensor: "host")."""
+        self.key = key
+        try:
+            yield
+        finally:
+            self.key = None
 
     @contextlib.contextmanager
     def pause(self):
@@ -277,12 +293,13 @@ def fake_process_group(processes: int) -> None:
 
 def train_step(model, make_batch, method_name: str, depth: int, checkpointing: bool, train_norms: bool = True,
                train_lm_head: bool = True, tracker: LiveBytes | None = None, on_measure=None,
-               setup_mode=None, sharding: str = "none") -> dict:
+               setup_mode=None, sharding: str = "none", then=None) -> dict:
     """Two optimizer steps of dowser.finetune's loop (`optimizer_step`: ACCUM micro-batches, clipping,
     AdamW) on `model`, the second measured (the first creates the optimizer state); `on_measure`
     is called as the measured step starts; `setup_mode` (the model's FakeTensorMode) holds during the
     setup and the steps, so that tensors made from numpy or shapes (mask indices, optimizer state,
-    FSDP's buffers) are fake too; batches are made on the host, outside it."""
+    FSDP's buffers) are fake too; batches are made on the host, outside it. `then(tracker, acc,
+    params, opt, method)`, called after the steps under the tracker, adds its dict to the result."""
     from torch._subclasses.fake_tensor import DataDependentOutputException
 
     import dowser.finetune as ft
@@ -343,9 +360,70 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
                 opt.zero_grad(set_to_none=True)
             del window
             at_rest = dict(tracker.current)
-    peak = peak_of(tracker)
+        peak = peak_of(tracker)
+        extra = {}
+        if then is not None:  # outside the fake mode: the device mesh's coordinates are read as values
+            extra = then(tracker, acc, params, opt, method)
     return {"peak": peak, "peak_gib": gib(peak), "at_rest_gib": gib(max(at_rest.values())),
-            "start": max(start.values()), "trainable_entries": sum(p.numel() for p in params)}
+            "start": max(start.values()), "trainable_entries": sum(p.numel() for p in params), **extra}
+
+
+def checkpoint_save(method_name: str, blocks: int, depth: int, micro: int, processes: int = 1) -> dict:
+    """`dowser.checkpoint.save_checkpoint` of the state `method_name`'s fine-tune step leaves (no
+    gradient checkpointing; FSDP over `processes` > 1, this process being rank 0 of them): the
+    device's live bytes before and at peak during the save, the peak of its host copies and the
+    bytes its state file holds (see the docstring)."""
+    model, fake = _fake_model(blocks)
+    res = train_step(model, lambda m: llava_batch(m, micro // processes, TEXT), method_name, depth, False,
+                     setup_mode=fake, sharding="fsdp" if processes > 1 else "none", then=_measure_save)
+    return {k: res[k] for k in ("device_before", "device_peak", "host_peak", "written", "tensors", "seconds_save")}
+
+
+def _measure_save(tracker: LiveBytes, acc, params, opt, method, cuda=None) -> dict:
+    """`then` of `train_step`: save_checkpoint of the state; fake tensors as in the docstring, real ones
+    written to a temporary folder (`cuda`: a CUDA device, whose own counters give the device bytes)."""
+    import tempfile
+
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    import dowser.checkpoint as ck
+
+    raw, written, count = ck._raw, [0], [0]
+    fake = any(isinstance(getattr(p, "_local_tensor", p), FakeTensor) for p in params)
+
+    def host_copy(t: torch.Tensor) -> memoryview:
+        if not isinstance(t, FakeTensor):  # real tensors (the RNG state): written as they are, outside the modes
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():
+                return raw(t)
+        with tracker.counted_as("host"):  # what t.detach().cpu().contiguous() allocates on a GPU run's host
+            copy = t.detach().clone(memory_format=torch.contiguous_format)
+        written[0] += copy.nbytes
+        count[0] += 1
+        return memoryview(b"")  # a fake tensor has no bytes to write
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    device = max(tracker.current, key=lambda k: tracker.current[k] if k != "host" else -1)
+    out = {}
+    if cuda is not None:
+        torch.cuda.synchronize(cuda)
+        out["step_device_peak"] = torch.cuda.max_memory_allocated(cuda)  # the step's, before this reset
+        torch.cuda.reset_peak_memory_stats(cuda)
+    before = torch.cuda.memory_allocated(cuda) if cuda is not None else tracker.current[device]
+    tracker.reset_peak()
+    t0 = time.time()
+    if fake:
+        ck._raw = host_copy
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ck.save_checkpoint(Path(tmp) / "checkpoint", acc, params, opt, sched, 1, [], method.state_dict())
+    finally:
+        ck._raw = raw
+    peak = torch.cuda.max_memory_allocated(cuda) if cuda is not None else tracker.peak[device]
+    return {**out, "device_before": before, "device_peak": peak, "host_peak": tracker.peak.get("host") if fake
+            else None, "written": written[0] if fake else None, "tensors": count[0] if fake else None,
+            "seconds_save": round(time.time() - t0, 1)}
 
 
 @contextlib.contextmanager
@@ -523,14 +601,21 @@ def compare_devices(device: str, blocks: int, depth: int, micro: int, methods: l
     del model
     for name in methods:
         for ckpt in (False, True):
+            # the checkpoint save after dowser's step (the smallest state: the real run writes its files)
+            save = name == "dowser" and not ckpt
             model, mode = fake()
-            expected = train_step(model, lambda m: llava_batch(m, micro, TEXT), name, depth, ckpt, setup_mode=mode)
+            expected = train_step(model, lambda m: llava_batch(m, micro, TEXT), name, depth, ckpt, setup_mode=mode,
+                                  then=_measure_save if save else None)
             del model
             model = real()
             res = train_step(model, lambda m: _on(llava_batch(m, micro, TEXT), dev), name, depth, ckpt,
-                             on_measure=(lambda: torch.cuda.reset_peak_memory_stats(dev)) if cuda else None)
+                             on_measure=(lambda: torch.cuda.reset_peak_memory_stats(dev)) if cuda else None,
+                             then=partial(_measure_save, cuda=dev if cuda else None) if save else None)
             rows[f"{name}/L{depth}/micro{micro}/{'checkpointing' if ckpt else 'no-checkpointing'}"] = {
-                "fake": expected["peak"], "device": device_peak(res)}
+                "fake": expected["peak"], "device": res.get("step_device_peak") or device_peak(res)}
+            if save:
+                rows[f"checkpoint save/{name}/L{depth}"] = {"fake": expected["device_peak"],
+                                                            "device": res["device_peak"]}
             del model
     for row in rows.values():
         row["ratio"] = row["device"] / row["fake"]
@@ -577,8 +662,10 @@ def rss_check(method: str = "full", depth: int = 2) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", nargs="+", default=["probe", "score", "finetune", "evaluate"])
-    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--jobs", nargs="+", default=["probe", "score", "finetune", "checkpoint", "evaluate"],
+                    choices=["probe", "score", "finetune", "checkpoint", "evaluate"])
+    ap.add_argument("--methods", nargs="+", help=f"fine-tunes (default: {' '.join(METHODS)}) and checkpoint saves "
+                    f"(default: {' '.join(SAVE_METHODS)})")
     ap.add_argument("--blocks", type=int, default=32, help="decoder blocks (LLaVA-1.5-7B: 32)")
     ap.add_argument("--depth", type=int, default=DEPTH)
     ap.add_argument("--micro", type=int, default=MICRO)
@@ -621,8 +708,8 @@ def main(argv=None) -> int:
             print(f"memory_7b: error: --compare {args.compare}: real 7B-shaped tensors on the host; add --tiny",
                   file=sys.stderr)
             return 2
-        doc = compare_devices(args.compare, args.blocks, min(args.depth, args.blocks), args.micro, args.methods,
-                              args.tiny)
+        doc = compare_devices(args.compare, args.blocks, min(args.depth, args.blocks), args.micro,
+                              args.methods or METHODS, args.tiny)
         name = "memory_7b_cuda.json" if args.compare.startswith("cuda") else f"memory_7b_{args.compare}-tiny.json"
         _write(args.out.parent / name, doc)
         for key, row in doc["jobs"].items():
@@ -648,12 +735,12 @@ def main(argv=None) -> int:
         ftres = res.setdefault("finetune", {})
         for procs in args.processes:
             if procs > 1 and len(args.processes) > 1:  # a process group's size is fixed: one subprocess each
-                ftres.update(_sharded_subprocess(args, procs))
+                ftres.update(_sharded_subprocess(args, procs, "finetune"))
                 _write(args.out, doc)
                 continue
             if procs > 1:
                 fake_process_group(procs)
-            for name in args.methods:
+            for name in args.methods or METHODS:
                 for ckpt in (False, True):
                     key = (f"{name}/L{args.depth}/micro{args.micro}/"
                            f"{'checkpointing' if ckpt else 'no-checkpointing'}/{procs}")
@@ -662,6 +749,24 @@ def main(argv=None) -> int:
                     ftres[key]["seconds"] = round(time.time() - t, 1)
                     print(key, ftres[key]["peak_gib"], "GiB", f"{time.time() - t:.0f} s", flush=True)
                     _write(args.out, doc)
+    if "checkpoint" in args.jobs:
+        saves = res.setdefault("checkpoint_save", {})
+        for procs in args.processes:
+            if procs > 1 and len(args.processes) > 1:
+                saves.update(_sharded_subprocess(args, procs, "checkpoint"))
+                _write(args.out, doc)
+                continue
+            if procs > 1:
+                fake_process_group(procs)
+            for name in args.methods or SAVE_METHODS:
+                key = f"{name}/L{args.depth}/micro{args.micro}/{procs}"
+                t = time.time()
+                saves[key] = checkpoint_save(name, args.blocks, args.depth, args.micro, procs)
+                saves[key]["seconds"] = round(time.time() - t, 1)
+                print("checkpoint save", key, {k: gib(v) for k, v in saves[key].items()
+                                               if k in ("device_peak", "host_peak", "written")}, "GiB",
+                      f"{time.time() - t:.0f} s", flush=True)
+                _write(args.out, doc)
     if "evaluate" in args.jobs:
         res["evaluate"] = evaluate_batch(*_fake_model(args.blocks))
         print("evaluate", {k: v["peak_gib"] for k, v in res["evaluate"].items()}, flush=True)
@@ -706,17 +811,18 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sharded_subprocess(args, procs: int) -> dict:
+def _sharded_subprocess(args, procs: int, job: str) -> dict:
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "memory.json"
-        cmd = [sys.executable, __file__, "--jobs", "finetune", "--processes", str(procs), "--methods", *args.methods,
+        cmd = [sys.executable, __file__, "--jobs", job, "--processes", str(procs),
+               *(["--methods", *args.methods] if args.methods else []),
                "--blocks", str(args.blocks), "--depth", str(args.depth), "--micro", str(args.micro),
                "--label", args.label, "--out", str(out)]
         subprocess.run(cmd, check=True)
-        return json.loads(out.read_text())[args.label]["finetune"]
+        return json.loads(out.read_text())[args.label]["finetune" if job == "finetune" else "checkpoint_save"]
 
 
 def _write(path: Path, doc: dict) -> None:

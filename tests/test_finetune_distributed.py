@@ -6,7 +6,8 @@ masked method -- random, magnitude, wanda, the controls -- trains through the sa
 mask file differs), dense weights (full), dense with per-step gating state (spider) and peft
 adapters merged after training (lora). Under FSDP only rank 0 reads the checkpoint (rank 1 builds
 the model on the meta device; prepare broadcasts). A killed FSDP run resumes bit for bit, and
-one process resumes a 2-process FSDP checkpoint.
+one process resumes a 2-process FSDP checkpoint. A bf16 model under FSDP2's mixed precision
+(dowser, full) saves the fp32 masters, in its delta and its checkpoint, that unsharded processes train.
 
 Runtime: the 2-process runs share two launches (all runs, then the resumes of the killed ones),
 so the interpreter and process-group start-up is paid twice, not once per case; each case's
@@ -14,6 +15,7 @@ so the interpreter and process-group start-up is paid twice, not once per case; 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,6 +42,11 @@ CASES = {  # name: spec
 RUNS = [(c, s) for c in CASES for s in ("none", "fsdp") if not (c == "dowser-extras" and s == "none")]
 RESUME = ["dowser", "spider", "lora"]  # killed after 4 of 6 steps under FSDP (spider: its gradient sum too)
 KILL_AT = 4
+BF16 = ["dowser", "full"]  # on a bf16 world: 2 processes with and without FSDP, and an FSDP run killed and resumed
+# FSDP vs 2 unsharded processes, max abs diff of the bf16 runs' deltas (measured: dowser 1.1e-8, a few fp32 ulps
+# from the clipping norm's summation order; full 5e-3: equal losses for 3 steps, then a master 1 ulp apart rounds
+# to another bf16 weight and 327k dense entries drift by up to half an Adam step of lr 1e-2)
+BF16_TOL = {"dowser": 1e-6, "full": 1e-2}
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +55,16 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(world, tmp_path_factory):
-    """Each case's 1-process run, trained once and shared by its sharding modes."""
+def bf16_world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world-bf16"), train_size=20, dtype="bfloat16")
+
+
+def _references(world, tmp_path_factory, tag: str):
     runs = {}
 
     def get(case: str):
         if case not in runs:
-            out = tmp_path_factory.mktemp(f"one-{case}")
+            out = tmp_path_factory.mktemp(f"one-{tag}{case}")
             train(world, out, spec=CASES[case])
             runs[case] = out
         return runs[case]
@@ -62,10 +72,21 @@ def reference(world, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """Each case's 1-process run, trained once and shared by its sharding modes."""
+    return _references(world, tmp_path_factory, "")
+
+
+@pytest.fixture(scope="module")
+def bf16_reference(bf16_world, tmp_path_factory):
+    return _references(bf16_world, tmp_path_factory, "bf16-")
+
+
 # Runs jobs in order in every process: ["cli", argv] through the command line ("cli-all-read": with
 # every process reading the checkpoint, as before FSDP read it on rank 0 only), ["kill", spec, out,
-# sharding] as `finetune(stop_after=KILL_AT)` (a kill after that many optimizer steps). A line on
-# stderr names each job, so a failure's output says which one.
+# sharding(, world)] as `finetune(stop_after=KILL_AT)` (a kill after that many optimizer steps; world:
+# argv[1] unless given). A line on stderr names each job, so a failure's output says which one.
 DRIVER = """
 import json, sys
 from pathlib import Path
@@ -82,15 +103,16 @@ def load_with_buffer(*args, **kwargs):  # a model that saves a buffer with its w
     return model, processor
 
 for job in json.loads(sys.argv[2]):
-    print("job", job[-1] if job[0] == "kill" else job[1], file=sys.stderr, flush=True)
+    print("job", job[2] if job[0] == "kill" else job[1], file=sys.stderr, flush=True)
     distributed.loads_on_rank0 = (lambda mode, n: False) if job[0] == "cli-all-read" else rank0
     ft.load_artifact = load_with_buffer if job[0] == "cli-buffer" else load
     if job[0].startswith("cli"):
         cli.main(job[1])
     else:
-        spec, out, sharding = job[1:]
-        mask = world / "mask.h5" if spec["mask"] else None
-        finetune(spec, world / "model", world / "data", Path(out), mask, progress=False, stop_after=%d,
+        spec, out, sharding = job[1:4]
+        home = Path(job[4]) if len(job) > 4 else world
+        mask = home / "mask.h5" if spec["mask"] else None
+        finetune(spec, home / "model", home / "data", Path(out), mask, progress=False, stop_after=%d,
                  sharding=sharding)
 """ % KILL_AT
 
@@ -112,17 +134,26 @@ def launch(world, root, processes: int, jobs: list, gpu: bool = False) -> subpro
 
 
 @pytest.fixture(scope="module")
-def two(world, tmp_path_factory):
-    """Every 2-process run: root/<case>-<sharding>, root/<case>-split (killed, then resumed)."""
+def two(world, bf16_world, tmp_path_factory):
+    """Every 2-process run: root/<case>-<sharding>, root/<case>-split (killed, then resumed); on the bf16
+    world root/<case>-bf16-<sharding> and root/<case>-bf16-split."""
     root = tmp_path_factory.mktemp("two")
     jobs = [["cli", argv(world, CASES[c], root / f"{c}-{s}", s)] for c, s in RUNS]
+    jobs += [["cli", argv(bf16_world, CASES[c], root / f"{c}-bf16-{s}", s)] for c in BF16 for s in ("none", "fsdp")]
     jobs += [["kill", CASES[c], str(root / f"{c}-split"), "fsdp"] for c in RESUME]
+    jobs += [["kill", CASES[c], str(root / f"{c}-bf16-split"), "fsdp", str(bf16_world)] for c in BF16]
     jobs += [["kill", CASES["full"], str(root / "full-to-one"), "fsdp"]]  # resumed by 1 process below
     jobs += [["cli-all-read", argv(world, CASES["full"], root / "full-all-read", "fsdp")]]
     jobs += [["cli-buffer", argv(world, CASES["full"], root / "full-buffer", "fsdp")]]
     first = launch(world, root, 2, jobs)
-    killed = {c: (root / f"{c}-split/checkpoint/rng.1.safetensors").exists() for c in RESUME}
-    resumes = [["cli", argv(world, CASES[c], root / f"{c}-split", "fsdp")] for c in RESUME if killed[c]]
+    split = {**{c: (root / f"{c}-split", world) for c in RESUME},
+             **{f"{c}-bf16": (root / f"{c}-bf16-split", bf16_world) for c in BF16}}
+    killed = {c: (out / "checkpoint/rng.1.safetensors").exists() for c, (out, _) in split.items()}
+    for c in BF16:  # the resume removes its checkpoint when it finishes: a copy for the dtype checks
+        if killed[f"{c}-bf16"]:
+            shutil.copytree(root / f"{c}-bf16-split/checkpoint", root / f"{c}-bf16-checkpoint")
+    resumes = [["cli", argv(w, CASES[c.removesuffix("-bf16")], out, "fsdp")] for c, (out, w) in split.items()
+               if killed[c]]
     second = launch(world, root, 2, resumes) if resumes else None
     return root, first, second, killed
 
@@ -222,6 +253,57 @@ def test_fsdp_checkpoint_resumes_in_one_process(world, reference, two, capsys):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-5, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("case", BF16)
+def test_bf16_fsdp_delta_is_the_fp32_masters(bf16_reference, two, case):
+    """A bf16 model (autocast, fp32 masters) under FSDP2 mixed precision saves fp32 values / weights
+    (before: bf16, FSDP's gathered compute copies), equal within BF16_TOL to 2 unsharded processes'
+    (same data split). Bit equality with one process is out of reach in bf16: each process rounds its
+    half batch's weight gradient to bf16 before the fp32 sum (dowser: both 2-process runs differ from
+    1 process by up to 4.1e-3 after 6 Adam steps, lr 1e-2; FSDP before the fix: 9e-3)."""
+    root, first, _, _ = two
+    fsdp, ddp = root / f"{case}-bf16-fsdp", root / f"{case}-bf16-none"
+    outcome(first, fsdp)
+    outcome(first, ddp)
+    one = load_file(bf16_reference(case) / "delta.safetensors")
+    a, b = load_file(fsdp / "delta.safetensors"), load_file(ddp / "delta.safetensors")
+    assert a.keys() == b.keys() == one.keys()
+    trained = [k for k in one if not k.endswith(".index")]
+    assert trained and all(one[k].dtype == torch.float32 for k in trained)
+    worst = {"fsdp-ddp": 0.0, "fsdp-one": 0.0}
+    for k in one:
+        assert a[k].dtype == one[k].dtype and a[k].shape == one[k].shape, k
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=BF16_TOL[case], msg=lambda m: f"{k}: {m}")
+        assert bool(((a[k] - one[k]).abs() <= (b[k] - one[k]).abs() + BF16_TOL[case]).all()), k
+        worst["fsdp-ddp"] = max(worst["fsdp-ddp"], float((a[k].double() - b[k].double()).abs().max()))
+        worst["fsdp-one"] = max(worst["fsdp-one"], float((a[k].double() - one[k].double()).abs().max()))
+    print(f"\n{case} bf16: max abs diff {worst}")
+    assert json.loads((fsdp / "run.json").read_text())["sharded"]
+
+
+@pytest.mark.parametrize("case", BF16)
+def test_bf16_fsdp_checkpoint_holds_fp32_masters_and_resumes(two, case):
+    """The killed bf16 FSDP run's per-process checkpoint holds fp32 parameter shards and Adam moments
+    (the masters, not the bf16 compute copies): resumed, it finishes the uninterrupted run bit for bit."""
+    from dowser.checkpoint import read_header
+
+    root, first, second, killed = two
+    assert killed[f"{case}-bf16"], f"no checkpoint after the kill; the launch exited {first.returncode}:\n" \
+                                   f"{first.stderr[-3000:]}"
+    for rank in (0, 1):
+        header, _ = read_header(root / f"{case}-bf16-checkpoint/state.{rank}.safetensors")
+        dtypes = {k: e["dtype"] for k, e in header.items() if k != "__metadata__"}
+        params = [k for k in dtypes if k.startswith("param.")]
+        moments = [k for k in dtypes if k.endswith((".exp_avg", ".exp_avg_sq"))]
+        assert params and len(moments) == 2 * len(params), sorted(dtypes)
+        assert {dtypes[k] for k in params + moments} == {"F32"}, dtypes
+    split, whole = root / f"{case}-bf16-split", root / f"{case}-bf16-fsdp"
+    outcome(second, split)
+    outcome(first, whole)
+    c, b = load_file(split / "delta.safetensors"), load_file(whole / "delta.safetensors")
+    assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in b)
+    assert log(split) == log(whole)
 
 
 @pytest.mark.gpu

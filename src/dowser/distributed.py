@@ -96,17 +96,41 @@ def fsdp_plugin(model, precision: str, rank0_loaded: bool = False):
 
     _, blocks = decoder_blocks(model)
     names = sorted({type(b).__name__ for b in blocks})
-    policy = None
-    if precision in ("bf16", "fp16"):
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
-        compute = torch.bfloat16 if precision == "bf16" else torch.float16
-        policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)  # fp32 gradient reduction
+    policy = mixed_precision_policy(model, precision)
     with _environment_kept():
         return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
                                               transformer_cls_names_to_wrap=names, reshard_after_forward=True,
                                               mixed_precision_policy=policy, state_dict_type="FULL_STATE_DICT",
                                               cpu_ram_efficient_loading=rank0_loaded)
+
+
+def mixed_precision_policy(model, precision: str):
+    """FSDP2's policy for a bf16 / fp16 run (None otherwise): gradients reduced in fp32; parameters
+    gathered in the compute dtype, except in a model with sparse deltas (`dowser.sparse.SparseDelta`),
+    which gathers every parameter in its own dtype.
+
+    Why: FSDP2 casts each parameter of a unit to `param_dtype` when it gathers it, so a bf16
+    `param_dtype` hands `sparse_weight` bf16 values: W0 + v rounded twice (v, then the sum), where
+    one process adds the fp32 master and rounds once (tests/test_sparse.py). Gathering in the
+    parameters' own dtypes is what one process computes: the frozen weights are already in the
+    model's dtype, the fp32 values are added in fp32, and autocast casts the other fp32 masters
+    (norms, lm_head) for each matmul as it does unsharded; it costs the values' and those masters'
+    extra 2 bytes per entry while a unit is gathered (benchmarks/results/memory_7b.json). Not a
+    nested `fully_shard` of each SparseDelta with an fp32 policy: `dowser.recompute` rebuilds W in
+    backward from `delta.values` before that unit's pre-backward gather, so the values would have
+    to stay unsharded from forward to backward (LLaVA-1.5-7B at L = 20, rho = 0.1: 2.1 GB per
+    process), and every block would add 7 gathers and reduce-scatters per step. A dense model keeps
+    the compute-dtype gather: its cast of a whole fp32 weight is the one autocast makes per matmul."""
+    if precision not in ("bf16", "fp16"):
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from dowser.sparse import SparseDelta
+
+    compute = torch.bfloat16 if precision == "bf16" else torch.float16
+    if any(isinstance(m, SparseDelta) for m in model.modules()):
+        compute = None
+    return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
 
 
 def make_accelerator(model, mixed_precision: str, sharding: str = "auto", rank0_loaded: bool = False):
@@ -146,12 +170,32 @@ def prepare(acc, model, opt):
 
     names = {id(p): n for n, p in fsdp2_canonicalize_names(dict(model.named_parameters())).items()}
     order = [[names[id(p)] for p in group["params"]] for group in opt.param_groups]
+    plugin = getattr(acc.state, "fsdp_plugin", None)
+    if plugin is not None and acc.mixed_precision in ("bf16", "fp16"):  # the model as trained: masks applied
+        plugin.mixed_precision_policy = mixed_precision_policy(model, acc.mixed_precision)
     model, opt = acc.prepare(model, opt)
-    if getattr(acc.state, "fsdp_plugin", None) is not None:
+    if plugin is not None:
         new = fsdp2_canonicalize_names(dict(acc.unwrap_model(model).named_parameters()))
         for group, keys in zip(opt.param_groups, order):
             group["params"] = [new[k] for k in keys]
+        if acc.native_amp:
+            _autocast_forward(acc, model)
     return model, opt
+
+
+def _autocast_forward(acc, model) -> None:
+    """The forward under the accelerator's autocast, as accelerate wraps it for every other
+    distributed type (its FSDP2 path leaves precision to the FSDP policy alone): one recipe,
+    sharded or not. Without it a sharded run computes the ops autocast keeps in fp32 in bf16
+    (tests/test_finetune_distributed.py: a bf16 Full-FT drifted 5e-4 from 2 unsharded processes),
+    and an fp32 master gathered in its own dtype (`mixed_precision_policy`) meets bf16 inputs."""
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32, get_mixed_precision_context_manager
+
+    context = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)
+    model._original_forward = model.forward
+    model.forward = MethodType(convert_outputs_to_fp32(context(model.forward.__func__)), model)
 
 
 def unwrap_params(opt) -> list:
@@ -159,11 +203,28 @@ def unwrap_params(opt) -> list:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
-def unshard_all(model) -> None:
-    """Gather every FSDP shard back into whole parameters (end of training: the delta and a
-    post-train step read whole weights). A collective; no-op without FSDP."""
+def gather_trained(model, names: list[str], main: bool) -> None:
+    """End of an FSDP run: each sharded parameter under `names` (module or parameter names) is
+    gathered whole in its shards' dtype -- the fp32 masters stay fp32, where FSDP's `unshard`
+    would gather them in the mixed-precision policy's param_dtype (bf16) -- and, on the main
+    process only, replaces the shard on the host; the others join each gather and keep nothing.
+    Frozen W0 under a sparse delta (`parametrizations.weight.original`) stays sharded: the delta
+    holds index and values only. A collective: every process calls it with the same names."""
+    from torch import nn
     from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
     for module in model.modules():
         if isinstance(module, FSDPModule):
-            module.unshard()
+            module.reshard()  # a unit left gathered holds param_dtype copies, not the shards
+    wanted, prefixes = set(names), tuple(f"{n}." for n in names)
+    for prefix, module in model.named_modules():
+        for key, p in list(module._parameters.items()):
+            name = f"{prefix}.{key}" if prefix else key
+            if not isinstance(p, DTensor) or name.endswith(".parametrizations.weight.original") or not (
+                    name in wanted or name.startswith(prefixes)):
+                continue
+            whole = p.full_tensor()
+            if main:
+                module._parameters[key] = nn.Parameter(whole.cpu(), requires_grad=p.requires_grad)
+            del whole

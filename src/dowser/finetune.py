@@ -110,8 +110,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     `checkpoint_every`, `sharding` (auto | none | fsdp) and `gradient_checkpointing` do not change
     the result (runtime options, not in the spec); `cache_prefix=False` (tests, benchmarks) runs the
     frozen blocks in every step (`dowser.prefix`: same result up to float summation order)."""
-    from dowser.distributed import (loads_on_rank0, make_accelerator, persistent_buffers, prepare, start, unshard_all,
-                                    unwrap_params)
+    from dowser.distributed import (gather_trained, loads_on_rank0, make_accelerator, persistent_buffers, prepare,
+                                    start, unwrap_params)
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -140,8 +140,8 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     # meta tensors until prepare broadcasts rank 0's weights)
     extras = dense_extras(model, depth, cfg.train_norms, cfg.train_lm_head)  # named before prepare renames any
     # only the trained blocks' masks are unpacked (all 32 of LLaVA-1.5-7B: 6.5 GB per process)
-    masks = None if method.dense else read_checked_masks(spec, mask_path,
-                                                         names={m.name for m in trainable_modules(model, depth)})
+    trained = [m.name for m in trainable_modules(model, depth)]
+    masks = None if method.dense else read_checked_masks(spec, mask_path, names=set(trained))
     base = base_weights(model, depth, dense=method.dense, extras=extras) if main else {}
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
     vectors = [p for _, p in extras]
@@ -216,14 +216,14 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
             return {"stopped_at": step + 1}
 
     model = acc.unwrap_model(model)
-    if sharded:
-        unshard_all(model)
-    model.eval()
-    method.post_train(model, None)
-    state = delta_state(model, depth, vectors=cfg.train_norms, lm_head=cfg.train_lm_head)
+    if sharded:  # the delta holds the fp32 masters, as one process's does (not bf16 gathered copies)
+        gather_trained(model, trained + [name for name, _ in extras], main)
     if not main:
         acc.wait_for_everyone()
         return {"steps": total}
+    model.eval()
+    method.post_train(model, None)
+    state = delta_state(model, depth, vectors=cfg.train_norms, lm_head=cfg.train_lm_head)
     with atomic_path(out_dir / "delta.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"spec": json.dumps(spec, sort_keys=True)})
     with atomic_path(out_dir / "metrics.jsonl") as tmp:

@@ -195,9 +195,16 @@ def scored_modules(model: nn.Module) -> list[ScoredModule]:
             )
         for sub, mod in block.named_modules():
             if isinstance(mod, nn.Linear):
-                d_out, d_in = mod.weight.shape
+                # a masked weight's shape from W0, not by computing W0 + delta (a copy; under FSDP W0 may be a shard)
+                d_out, d_in = _unparametrized(mod).shape
                 out.append(ScoredModule(i, f"{prefix}.{i}.{sub}", (int(d_out), int(d_in))))
     return out
+
+
+def _unparametrized(mod: nn.Module):
+    from torch.nn.utils import parametrize
+
+    return mod.parametrizations.weight.original if parametrize.is_parametrized(mod, "weight") else mod.weight
 
 
 def trainable_modules(model: nn.Module, depth: int) -> list[ScoredModule]:
