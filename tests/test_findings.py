@@ -159,7 +159,7 @@ def test_results_page_with_the_near_world(tmp_path):
     near = rho_grid({0.1: 30.0, 0.5: 20.0, 0.9: 10.0})  # Random ahead everywhere in the near world
     near["update_norm_ratio"] = 0.04
     pd.concat([near, frame([row("zero-shot", 97.0, 60.0, L=0)])]).to_parquet(res / "near" / "summary.parquet")
-    pd.DataFrame([{"ratio": 1.25, "s_per_step": 0.5, "default_s_per_step": 0.4}]).to_parquet(
+    pd.DataFrame([{"ratio": 1.25, "s_per_step": 0.5, "default_s_per_step": 0.4, "estimate_min": 25.0, "default_estimate_min": 20.0}]).to_parquet(
         res / "near" / "pretrain_cost.parquet")
     text = write_results_md(res, tmp_path / "results.md")
     claim2 = next(line for line in text.splitlines() if line.startswith("| 2. Dowser beats Random"))

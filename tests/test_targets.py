@@ -15,7 +15,7 @@ def test_targets_by_hand():
     # sweep at L=2: best 100 at lr 1e-2; 1e-4 x 1 reaches 90 >= 0.9 x 100: the rule picks it
     rows += [_row("full", "t", 80.0, 90.0, 2, 1e-4, 1, 0.03), _row("full", "t", 10.0, 100.0, 2, 1e-2, 1, 0.9)]
     rows += [_row("full", "t", 60.0, 95.0, 6, 1e-4, 1, 0.04)]  # deepest L at the recipe: loses 30
-    cost = pd.DataFrame([{"ratio": 1.3, "s_per_step": 0.52, "default_s_per_step": 0.4}])
+    cost = pd.DataFrame([{"ratio": 1.3, "s_per_step": 0.52, "default_s_per_step": 0.4, "estimate_min": 26.0, "default_estimate_min": 20.0}])
     t = world_targets(pd.DataFrame(rows), cost).set_index("target")
     assert t.loc["1. zero-shot A_down / Full-FT's best, t", "value"] == 0.3
     assert t.loc["1. zero-shot A_down / Full-FT's best, t", "met"]
