@@ -82,6 +82,56 @@ def test_every_cited_page_and_section_exists():
     assert broken_citations(ROOT) == []
 
 
+SCRIPT = re.compile(r"(?<![\w./-])((?:benchmarks|experiments)/[\w./-]*\w\.(?:py|sh|json))\b")
+
+
+def broken_script_paths(root: Path) -> list[str]:
+    """Cited benchmarks/ and experiments/ scripts that are not there, and cited results JSON that is
+    neither there nor named by a script of its folder (an output not committed, e.g. gpu_check.json)."""
+    files = listed_files(root)
+    bad = []
+    for rel in files:
+        path = root / rel
+        try:
+            text = path.read_text() if path.is_file() else ""
+        except UnicodeDecodeError:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            for cited in SCRIPT.findall(line):
+                if (root / cited).is_file():
+                    continue
+                folder, name = cited.split("/", 1)[0], cited.rsplit("/", 1)[-1]
+                made = cited.endswith(".json") and any(
+                    name in (root / f).read_text() for f in files
+                    if f.startswith(folder + "/") and f.endswith((".py", ".sh")) and (root / f).is_file())
+                if not made:
+                    bad.append(f"{rel}:{n}: {cited} is not in the repository")
+    return bad
+
+
+def test_every_cited_script_and_result_exists():
+    """benchmarks/: speed and memory; experiments/: the science. A script cited under the other
+    folder's name (after a move) is reported."""
+    assert broken_script_paths(ROOT) == []
+
+
+def test_misplaced_script_is_reported(tmp_path):
+    b, e = "benchmarks", "experiments"  # no literal paths in this file: the test above scans it too
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for d in (b, e):
+        (tmp_path / d / "results").mkdir(parents=True)
+    (tmp_path / e / "a.py").write_text(f'"""Writes {e}/results/a.json."""\n')
+    (tmp_path / b / "b.py").write_text(f'"""Writes {b}/results/b_gpu.json."""\n')
+    (tmp_path / b / "results" / "b.json").write_text("{}\n")
+    (tmp_path / "README.md").write_text(f"python {b}/a.py -> {b}/results/a.json\n"
+                                        f"{e}/a.py {e}/results/a.json {b}/b.py\n"
+                                        f"{b}/results/b.json {b}/results/b_gpu.json run/{b}/a.py\n")
+    assert broken_script_paths(tmp_path) == [
+        f"README.md:1: {b}/a.py is not in the repository",
+        f"README.md:1: {b}/results/a.json is not in the repository",
+    ]
+
+
 def test_design_pages_have_the_cited_sections():
     # the sections the code cites (docs/method.md §1-§4 among them) are these pages' headings
     sections = {p: HEADING.findall((ROOT / "docs" / p).read_text()) for p in ("method.md", "world.md",

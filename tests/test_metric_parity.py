@@ -1,8 +1,8 @@
-"""Our metrics vs lmms-eval's own code, on benchmarks/metric_parity.py's seeded corpora.
+"""Our metrics vs lmms-eval's own code, on experiments/metric_parity.py's seeded corpora.
 
 Runs where lmms-eval is installed (`pip install --no-deps lmms-eval loguru` is enough:
 its files are loaded directly); skipped elsewhere. The numbers of the last full run are in
-benchmarks/results/metric_parity.json.
+experiments/results/metric_parity.json.
 """
 
 import importlib.util
@@ -16,7 +16,7 @@ if importlib.util.find_spec("lmms_eval") is None or importlib.util.find_spec("lo
     pytest.skip("lmms-eval (and loguru) not installed", allow_module_level=True)
 
 _spec = importlib.util.spec_from_file_location(
-    "metric_parity", Path(__file__).parents[1] / "benchmarks" / "metric_parity.py")
+    "metric_parity", Path(__file__).parents[1] / "experiments" / "metric_parity.py")
 parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(parity)
 

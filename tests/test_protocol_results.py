@@ -1,4 +1,4 @@
-"""benchmarks/protocol_results.py: one evaluation per run across workflow folders, duplicates
+"""experiments/protocol_results.py: one evaluation per run across workflow folders, duplicates
 (an older spec without its defaults written out) recognised and compared by their numbers."""
 
 import importlib.util
@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
-    "protocol_results", Path(__file__).resolve().parents[1] / "benchmarks" / "protocol_results.py")
+    "protocol_results", Path(__file__).resolve().parents[1] / "experiments" / "protocol_results.py")
 protocol = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(protocol)
 

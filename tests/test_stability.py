@@ -108,7 +108,7 @@ def test_spearman_exact_at_bucket_resolution_and_pooled_is_the_concatenation():
 
 def test_spearman_on_continuous_scores_within_the_stated_bound():
     """1M float64 scores (no two equal, many sharing a bucket): off by ties the buckets add,
-    below 1e-6 (measured ~1e-8 at BITS = 22, benchmarks/results/spearman_bits.json)."""
+    below 1e-6 (measured ~1e-8 at BITS = 22, experiments/results/spearman_bits.json)."""
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(6)

@@ -1,13 +1,13 @@
-"""benchmarks/upstream_loss.py: which evaluations it measures (the NLL itself: tests/test_evaluate.py)."""
+"""experiments/upstream_loss.py: which evaluations it measures (the NLL itself: tests/test_evaluate.py)."""
 
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))  # the script imports protocol_results beside it
-_spec = importlib.util.spec_from_file_location("upstream_loss", BENCH / "upstream_loss.py")
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))  # the script imports protocol_results beside it
+_spec = importlib.util.spec_from_file_location("upstream_loss", EXPERIMENTS / "upstream_loss.py")
 upstream_loss = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(upstream_loss)
 

@@ -6,7 +6,7 @@ Inputs (any may be missing; a claim without its table is "not yet measured"):
 summary.parquet (dowser.report.summary_table, one row per run), stability.parquet (paper
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
 continual.parquet or continual*_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...;
-one per sequence setting), upstream_loss.parquet (benchmarks/upstream_loss.py: upstream NLL per
+one per sequence setting), upstream_loss.parquet (experiments/upstream_loss.py: upstream NLL per
 run and benchmark) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
 in the page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
@@ -45,7 +45,7 @@ def _three_way(ok: int, total: int) -> str:
 
 
 def nll_table(nll: pd.DataFrame) -> pd.DataFrame:
-    """Full-FT's upstream NLL per answer token (benchmarks/upstream_loss.py: mean over the upstream
+    """Full-FT's upstream NLL per answer token (experiments/upstream_loss.py: mean over the upstream
     benchmarks, then over seeds) at each L of each (task, recipe) with >= 2 depths."""
     full = nll[nll.method == "full"].astype({"L": int, "epochs": int})  # ints again (zero-shot rows have none)
     per_run = full.groupby(["run", "task", *RECIPE, "L"]).nll.mean().reset_index()
@@ -302,7 +302,7 @@ def world_sections(summary: pd.DataFrame, nll: pd.DataFrame | None, h: str = "##
     losses = None if nll is None else nll_table(nll)
     if losses is not None and not losses.empty:
         base = nll[nll.method == "zero-shot"].nll.mean()
-        out += ["\nFull-FT's upstream loss (`upstream_loss.parquet`, benchmarks/upstream_loss.py): NLL per answer "
+        out += ["\nFull-FT's upstream loss (`upstream_loss.parquet`, experiments/upstream_loss.py): NLL per answer "
                 "token under teacher forcing on each upstream benchmark's test split, mean over the benchmarks, "
                 f"then over seeds. The base model's: {base:.3f}.\n", md_table(losses, 3)]
     matched = matched_table(summary)

@@ -23,7 +23,7 @@ scores rounded to buckets of relative width 2^-(BITS - 9) = 2^-13: exact (to flo
 rounding) when no two distinct scores of a side share a bucket (e.g. bf16 scores, whose
 7 mantissa bits are all kept), and on continuous scores off by the ties the buckets add,
 at most 3e-8 measured on 2M uniform, log-normal or independent float64 scores
-(benchmarks/spearman_bits.py; 16 bits: 9e-6). The pooled row is the same statistic over
+(experiments/spearman_bits.py; 16 bits: 9e-6). The pooled row is the same statistic over
 all modules at once, from pooled histograms: as exact as the per-module rows, not a sample.
 Peak: two bool masks, then four rank tables (below); 1.10x one fp32 copy of the largest
 module above the interpreter on two 7B-shaped blocks (benchmarks/results/host_memory.json).
@@ -41,7 +41,7 @@ from dowser.mask import MaskSet, RandomSource, Source, _keys, as_sources
 # Bucket bits of the Spearman histograms. 2^22 int64 counts = 32 MiB per table, four tables
 # live at once (each side, module and pooled): 128 MiB, 0.75x one fp32 copy of a 7B MLP
 # matrix (issue 11's budget: 1.5x); 24 bits would need 512 MiB. Measured error at 22 bits:
-# benchmarks/results/spearman_bits.json.
+# experiments/results/spearman_bits.json.
 BITS = 22
 _BLOCK = 1 << 16  # buckets per step when turning counts into ranks (temporaries stay small)
 _PIECE = 1 << 18  # entries per step of a pass: its temporaries (keys, buckets, products) are a few MiB

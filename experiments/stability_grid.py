@@ -1,6 +1,6 @@
 """Paper Table 8 on the world: N in {4, 16, 64} probes x R in {2, 4, 8} draws, 5 runs, p-values.
 
-    python benchmarks/stability_grid.py [--runs 5] [--task world-coco] [--image noise]
+    python experiments/stability_grid.py [--runs 5] [--task world-coco] [--image noise]
 
 Run k (k = 0..runs-1) synthesises 64 probes with probe seed k and scores the shipped world
 model on the first N of them with Rademacher seed k and R draws; a random ranking drawn with
@@ -10,7 +10,7 @@ real-data samples". Per cell: mean and std over the runs of the pooled top-10% H
 distance and Spearman correlation, ours and random, and the two-tailed paired t-test between
 them (paper: "two-tailed paired t-test", p < 1e-7 with 5 runs).
 
-Writes benchmarks/results/stability_grid.json (every run) and docs/results/stability.parquet
+Writes experiments/results/stability_grid.json (every run) and docs/results/stability.parquet
 (one row per (N, R): the Table 8 layout) plus docs/results/stability_runs.parquet (one row per
 run). Paper (LLaVA-1.5-7B): Hamming 0.050-0.063, Spearman 0.862-0.891; random 0.226 / 0.000.
 """
@@ -38,7 +38,7 @@ from dowser.probe import noise_image_inputs, synthesize_probes  # noqa: E402
 from dowser.stability import stability_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_JSON = ROOT / "benchmarks" / "results" / "stability_grid.json"
+OUT_JSON = ROOT / "experiments" / "results" / "stability_grid.json"
 OUT_TABLE = ROOT / "docs" / "results" / "stability.parquet"
 OUT_RUNS = ROOT / "docs" / "results" / "stability_runs.parquet"
 NS, RS = (4, 16, 64), (2, 4, 8)  # paper Table 8

@@ -1,7 +1,7 @@
 """Measure the world: data generation time, and forgetting under a quick full fine-tune.
 
-    python benchmarks/world_pretrain.py --model src/dowser/world/shipped \
-        --out results/benchmarks/world_forgetting.json [--task world-coco --steps 200]
+    python experiments/world_pretrain.py --model src/dowser/world/shipped \
+        --out experiments/results/world_forgetting.json [--task world-coco --steps 200]
 
 Fine-tunes every weight of the last `--blocks` decoder blocks (the paper's Full-FT at depth
 L) on one downstream task with AdamW, then reports greedy exact match on the upstream test

@@ -1,6 +1,6 @@
 """score.preset official vs default on the shipped world model: how far apart are the masks?
 
-    python benchmarks/official_vs_default.py [--seeds 2]
+    python experiments/official_vs_default.py [--seeds 2]
 
 Scores the shipped world model's decoder with the default preset (docs/method.md: N 64, R 8,
 per-token outer sum, text-only and noise-image probes) and with the official preset (the
@@ -9,7 +9,7 @@ each for `--seeds` probe/xi seeds, then compares (dowser.stability.compare) the
 bottom-rho masks Dowser trains and the Spearman correlation of the scores, pooled over
 all scored modules, rho 0.1. Also: how many entries the official `<=` rule on bf16
 scores trains beyond round(rho * n) (ties), and the wall time of each preset.
-Writes benchmarks/results/official_vs_default.json.
+Writes experiments/results/official_vs_default.json.
 """
 
 from __future__ import annotations

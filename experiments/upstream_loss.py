@@ -1,6 +1,6 @@
 """Upstream loss of the protocol's runs: mean NLL per answer token on each upstream benchmark.
 
-    python benchmarks/upstream_loss.py --work /scratch/w1 /scratch/w2 --out docs/results/upstream_loss.parquet
+    python experiments/upstream_loss.py --work /scratch/w1 /scratch/w2 --out docs/results/upstream_loss.parquet
 
 Issue 10 asks for Full-FT's upstream loss vs L beside its upstream accuracy: at the world's
 recipe (lr 1e-2 x 6) Full-FT's A_up is at the floor (0-0.4) at every depth, so accuracy cannot

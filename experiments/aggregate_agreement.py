@@ -1,10 +1,10 @@
 """How well `factored` scores rank like `outer` ones (docs/method.md §1: a measured figure).
 
-    python benchmarks/aggregate_agreement.py [--model results/models/<id>]   # default: shipped world model
+    python experiments/aggregate_agreement.py [--model results/models/<id>]   # default: shipped world model
 
 Scores the model on the same synthetic probes with both aggregates (and both estimators),
 then reports the Spearman rank correlation and top-10% mask Hamming distance per module and
-pooled (`dowser.stability.compare`). Writes benchmarks/results/aggregate_agreement.json.
+pooled (`dowser.stability.compare`). Writes experiments/results/aggregate_agreement.json.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Do our metrics agree with the reference implementations? Seeded corpora, counted.
 
-    python benchmarks/metric_parity.py ptb      # Java PTB tokenizer -> tests/data/ptb_captions.json
-    python benchmarks/metric_parity.py check    # vs lmms-eval -> benchmarks/results/metric_parity.json
+    python experiments/metric_parity.py ptb      # Java PTB tokenizer -> tests/data/ptb_captions.json
+    python experiments/metric_parity.py check    # vs lmms-eval -> experiments/results/metric_parity.json
 
 `ptb` writes tricky captions (hand-picked cases + seeded random mixes of them into COCO-style
 captions) with the tokens pycocoevalcap's Java tokenizer gives them; tests/test_ptb.py
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PTB_CORPUS = ROOT / "tests" / "data" / "ptb_captions.json"
-RESULTS = ROOT / "benchmarks" / "results" / "metric_parity.json"
+RESULTS = ROOT / "experiments" / "results" / "metric_parity.json"
 
 # --- captions ---------------------------------------------------------------------------
 # Each pycocoevalcap-vs-stand-in difference named in issue 9 and the lexer's other rules.
@@ -118,7 +118,7 @@ def write_ptb_corpus() -> dict:
     java = ptb.java_lines(captions)
     PTB_CORPUS.parent.mkdir(parents=True, exist_ok=True)
     PTB_CORPUS.write_text(json.dumps({
-        "made_by": "benchmarks/metric_parity.py ptb (pycocoevalcap's stanford-corenlp-3.4.1.jar, "
+        "made_by": "experiments/metric_parity.py ptb (pycocoevalcap's stanford-corenlp-3.4.1.jar, "
                    "PTBTokenizer -preserveLines -lowerCase, all captions in one batch)",
         "captions": captions, "java_tokens": java}, ensure_ascii=False, indent=0) + "\n")
     return {"captions": len(captions)}

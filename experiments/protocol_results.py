@@ -1,6 +1,6 @@
 """The protocol's committed tables (docs/results/*.parquet) and docs/results.md from workflow folders.
 
-    python benchmarks/protocol_results.py --work /scratch/w1 /scratch/w2 --out docs/results
+    python experiments/protocol_results.py --work /scratch/w1 /scratch/w2 --out docs/results
 
 Collects every results/evals/*/eval.json under the given work folders (those of the runs of
 configs/lr-grid.yaml, rho-sweep.yaml, depth-sweep.yaml, ... in any number of invocations), keeps

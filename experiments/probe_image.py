@@ -1,10 +1,10 @@
 """probe.image none vs noise: Dowser masks from text-only vs noise-image probes, same recipe.
 
-    python benchmarks/probe_image.py [--task world-coco] [--depth 6]
+    python experiments/probe_image.py [--task world-coco] [--depth 6]
 
 On the shipped world model: builds both masks (N 64, R 8, rho 0.1), fine-tunes Dowser with the
 default config.yaml recipe on `--task` at `--depth`, evaluates upstream + the task, and writes
-benchmarks/results/probe_image.json (A_up, A_down, H per probe mode).
+experiments/results/probe_image.json (A_up, A_down, H per probe mode).
 """
 
 from __future__ import annotations

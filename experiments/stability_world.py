@@ -1,11 +1,11 @@
 """Appendix G on the world: data-free probe scores vs scores from real task samples.
 
-    python benchmarks/stability_world.py [--task world-coco] [--image noise]
+    python experiments/stability_world.py [--task world-coco] [--image noise]
 
 For N in {4, 16, 64} probes and R in {2, 4, 8} draws (paper Table 8), scores the shipped world
 model on synthetic probes and on 64 real training samples of `--task` (image + question +
 answer, same scorer), and reports the top-10% mask Hamming distance and Spearman correlation
-(pooled over modules) beside a random ranking. Writes benchmarks/results/stability_world.json.
+(pooled over modules) beside a random ranking. Writes experiments/results/stability_world.json.
 Paper: Hamming 0.050-0.064, Spearman 0.861-0.891; random 0.226 / 0.000.
 """
 

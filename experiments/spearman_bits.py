@@ -1,6 +1,6 @@
 """Accuracy, time and memory of the streamed Spearman (dowser.stability) against its bucket bits.
 
-    python benchmarks/spearman_bits.py     # writes benchmarks/results/spearman_bits.json
+    python experiments/spearman_bits.py     # writes experiments/results/spearman_bits.json
 
 `dowser.stability` ranks scores by histogram buckets (the top BITS bits of an
 order-preserving float32 key, relative width 2^-(BITS - 9)); entries of one bucket tie.

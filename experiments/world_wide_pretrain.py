@@ -1,6 +1,6 @@
 """Cost of pretraining the wide world (configs/world-wide.yaml) against the default, on one core.
 
-    python benchmarks/world_wide_pretrain.py [--steps 60]
+    python experiments/world_wide_pretrain.py [--steps 60]
 
 Runs the real pretraining (`dowser.world.pretrain.pretrain`, pretrain_threads 1) of the default
 WorldConfig and of the wide one for `--steps` stage-2 steps each, back to back on the same data
@@ -8,7 +8,7 @@ and machine load, and reads their seconds per step from pretrain_metrics.json. T
 is extrapolated as vision warm-up (same tower in both: the shipped model's measured seconds)
 + pretrain_steps x the wide s/step x (shipped default s/step / default s/step measured now),
 i.e. scaled to the quiet machine the shipped model was pretrained on. Writes
-benchmarks/results/world_wide_pretrain.json.
+experiments/results/world_wide_pretrain.json.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "world_wide_pretrain.json"
+OUT = ROOT / "experiments" / "results" / "world_wide_pretrain.json"
 
 
 def per_step(metrics: dict) -> float:
