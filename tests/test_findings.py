@@ -170,3 +170,25 @@ def test_results_page_with_the_near_world(tmp_path):
     assert "| 4. pretraining cost / the default world's | 1.25 |" in text and "4 of 4 met" in text
     assert "| near | world-coco | 97 | 60 |" in text and "## Every run (near world)" in text
     assert "![near h_vs_rho](results/near/h_vs_rho.png)" in text and (res / "near" / "h_vs_rho.png").is_file()
+
+
+def test_results_page_explains_each_world_when_its_anatomy_table_exists(tmp_path):
+    """anatomy.parquet (experiments/anatomy.py) beside a world's summary adds its "Why Dowser wins or
+    loses here" section (dowser.anatomy.anatomy_section), one heading level down for the wide world."""
+    from tests.test_anatomy import synthetic_table
+
+    res = tmp_path / "results"
+    (res / "wide").mkdir(parents=True)
+    summary = rho_grid({0.1: 60.0, 0.5: 70.0, 0.9: 80.0})
+    summary["run"] = [f"x{i}" for i in range(len(summary))]
+    summary.to_parquet(res / "summary.parquet")
+    assert "Why Dowser" not in write_results_md(res, tmp_path / "results.md")
+    synthetic_table().to_parquet(res / "anatomy.parquet")
+    summary.to_parquet(res / "wide" / "summary.parquet")
+    synthetic_table().to_parquet(res / "wide" / "anatomy.parquet")
+    text = write_results_md(res, tmp_path / "results.md")
+    assert text.index("## Dowser vs Random") < text.index("\n## Why Dowser wins or loses here\n") < text.index("## Plots")
+    assert "\n### world-coco, L = 2, ρ = 0.1, lr 0.01 × 6\n" in text
+    wide = text[text.index("## Capacity: the wide world"):]
+    assert "\n### Why Dowser wins or loses here\n" in wide and "\n#### world-coco, L = 2" in wide
+    assert "takes back ≥ 50% of the rise: Dowser down_proj 80%" in wide

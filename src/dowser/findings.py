@@ -7,7 +7,9 @@ summary.parquet (dowser.report.summary_table, one row per run), stability.parque
 Table 8 grid: N, R, hamming_mean, random_hamming_mean, spearman_mean, ...) and
 continual.parquet or continual*_metrics.parquet (dowser.continual.metrics_table: method, BWT, ...;
 one per sequence setting), upstream_loss.parquet (experiments/upstream_loss.py: upstream NLL per
-run and benchmark) and wide/summary.parquet (the capacity run, configs/world-wide.yaml). Every number
+run and benchmark), anatomy.parquet (experiments/anatomy.py: mask layout, update size and upstream
+NLL ablations per module type; here and in wide/) and wide/summary.parquet (the capacity run,
+configs/world-wide.yaml). Every number
 in the page comes from these tables; the verdict rules are the `claim_*` functions below.
 """
 
@@ -275,9 +277,20 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def world_sections(summary: pd.DataFrame, nll: pd.DataFrame | None, h: str = "##", frac: float = 0.9,
+def anatomy_lines(results: Path, summary: pd.DataFrame, level: int = 2) -> list[str]:
+    """The "Why Dowser wins or loses here" section (`dowser.anatomy.anatomy_section`) when the
+    folder holds anatomy.parquet (experiments/anatomy.py), else nothing."""
+    from dowser.anatomy import anatomy_section
+
+    table = _read(results / "anatomy.parquet")
+    text = "" if table is None else anatomy_section(table, summary, level)
+    return ["\n" + text] if text else []
+
+
+def world_sections(summary: pd.DataFrame, nll: pd.DataFrame | None, folder: Path, h: str = "##", frac: float = 0.9,
                    grids: str = "configs/lr-grid.yaml, rho-sweep.yaml and depth-sweep.yaml") -> list[str]:
-    """One world's tables: what was measured, the recipe, Dowser vs Random, depth, upstream loss, matched H."""
+    """One world's tables: what was measured, the recipe, Dowser vs Random, why (its folder's anatomy.parquet),
+    depth, upstream loss, matched H."""
     out = []
     runs = summary[summary.method != "zero-shot"].fillna({"rho": 0.0})
     cover = runs.groupby(["method", "task", "L", "rho", *RECIPE]).seed.agg(
@@ -295,6 +308,7 @@ def world_sections(summary: pd.DataFrame, nll: pd.DataFrame | None, h: str = "##
         out += [f"\n{h} Dowser vs Random (paper Table 4 layout)\n", "H, mean ± sd over seeds (Random: mask seeds; "
                 "Dowser: probe seeds); controls at the same ρ; Full-FT at the same task, L and recipe.\n",
                 md_table(layout), "\nThe same with H_rel:\n", md_table(layout_table(summary, "H_rel"))]
+    out += anatomy_lines(folder, summary, level=len(h))
     depth = depth_table(summary)
     if not depth.empty:
         out += [f"\n{h} Depth (claim 1)\n", "Seed means at each depth L (the last L decoder blocks trained).\n",
@@ -330,7 +344,7 @@ def near_section(near: pd.DataFrame, folder: Path, default: pd.DataFrame, frac: 
            f"does; tables in `{folder.name}/`. Its targets, fixed before any masked run and judged on the base and "
            f"Full-FT only (dowser.targets): {int(targets.met.sum())} of {len(targets)} met.\n",
            md_table(targets, 3), "\nThe two worlds' base models before fine-tuning:\n", md_table(bases)]
-    out += world_sections(near, _read(folder / "upstream_loss.parquet"), h="###", frac=frac,
+    out += world_sections(near, _read(folder / "upstream_loss.parquet"), folder, h="###", frac=frac,
                           grids="configs/world-near.yaml with configs/rho-sweep.yaml, depth-sweep.yaml and "
                                 "world-official.yaml")
     recipe = main_recipe(near)
@@ -367,7 +381,7 @@ def render(results: Path, frac: float = 0.9) -> str:
            "\nThe rules behind each verdict are the `claim_*` functions of `dowser.findings`."
            + (" The near world (docs/world.md §8) starts near its downstream tasks, as a pretrained VLM does; "
               "its section below gives its targets and tables." if near is not None else "") + "\n"]
-    out += world_sections(summary, nll, frac=frac)
+    out += world_sections(summary, nll, results, frac=frac)
     if stab is not None:
         out += ["\n## Score stability (paper Table 8)\n", md_table(stab, 4)]
     if cl is not None:
@@ -385,6 +399,7 @@ def render(results: Path, frac: float = 0.9) -> str:
                 f"**{v.verdict}** ({v.evidence}).\n", "The two base models before fine-tuning:\n", md_table(bases), "",
                 md_table(layout_table(wide, "H")),
                 "\nFull-FT there:\n", md_table(shown(wide[wide.method == "full"]))]
+        out += anatomy_lines(results / "wide", wide, level=3)
     recipe = main_recipe(summary)
     at = summary if recipe is None else summary[(summary.method == "zero-shot")
                                                  | ((summary.lr == recipe[0]) & (summary.epochs == recipe[1]))]
