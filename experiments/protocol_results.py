@@ -10,7 +10,9 @@ into --out and regenerates the results page with `dowser.findings`. The run's id
 that is its spec without artifact ids (method, task, depth, rho, seed, the whole training
 recipe, defaults filled in), the Dowser run's probe seed and the evaluation's benchmarks and settings. Duplicates
 whose numbers differ are listed (a reproducibility failure worth knowing), never silently merged.
---wide writes the capacity run's tables (configs/world-wide.yaml) to <out>/wide/.
+--wide writes the capacity run's tables (configs/world-wide.yaml) to <out>/wide/, --near the near
+world's (configs/world-near.yaml, docs/world.md §8) to <out>/near/; a world without folders keeps its
+committed tables.
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ def collect(work: list[Path]) -> tuple[list[Path], list[str]]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, nargs="+", required=True, help="workflow folders holding results/evals")
+    ap.add_argument("--work", type=Path, nargs="*", default=[],
+                    help="workflow folders holding results/evals (none: keep the committed default-world tables)")
     ap.add_argument("--wide", type=Path, nargs="*", default=[], help="workflow folders of the wide-world run")
+    ap.add_argument("--near", type=Path, nargs="*", default=[],
+                    help="workflow folders of the near world (configs/world-near.yaml): its sweep and protocol")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the committed tables")
     ap.add_argument("--md", type=Path, default=None, help="results page (default: <out>/../results.md)")
     args = ap.parse_args()
-    for work, out in ((args.work, args.out), (args.wide, args.out / "wide")):
+    for work, out in ((args.work, args.out), (args.wide, args.out / "wide"), (args.near, args.out / "near")):
         if not work:
             continue
         evals, notes = collect(work)

@@ -149,6 +149,29 @@ def test_continual_judged_per_setting_and_depth_table(tmp_path):
     assert "| 5. Dowser forgets less in continual learning (BWT) | mixed |" in text
 
 
+def test_results_page_with_the_near_world(tmp_path):
+    """With near/summary.parquet the claims get a verdict per world and the near world its own
+    section: targets (from the base and Full-FT only), both bases, its tables and plots."""
+    res = tmp_path / "results"
+    (res / "near").mkdir(parents=True)
+    pd.concat([rho_grid({0.1: 60.0, 0.5: 70.0, 0.9: 80.0}), frame([row("zero-shot", 98.0, 4.0, L=0)])]).to_parquet(
+        res / "summary.parquet")
+    near = rho_grid({0.1: 30.0, 0.5: 20.0, 0.9: 10.0})  # Random ahead everywhere in the near world
+    near["update_norm_ratio"] = 0.04
+    pd.concat([near, frame([row("zero-shot", 97.0, 60.0, L=0)])]).to_parquet(res / "near" / "summary.parquet")
+    pd.DataFrame([{"ratio": 1.25, "s_per_step": 0.5, "default_s_per_step": 0.4, "estimate_min": 25.0, "default_estimate_min": 20.0}]).to_parquet(
+        res / "near" / "pretrain_cost.parquet")
+    text = write_results_md(res, tmp_path / "results.md")
+    claim2 = next(line for line in text.splitlines() if line.startswith("| 2. Dowser beats Random"))
+    assert claim2.split(" | ")[1:3] == ["reproduced", "not reproduced"]
+    assert "## The near world" in text and "### Dowser vs Random (paper Table 4 layout)" in text
+    # zero-shot 60 of Full-FT's 200: 0.3, met; Full-FT's A_up 10 at L=2 (its deepest): loses 87 points
+    assert "| 1. zero-shot A_down / Full-FT's best, world-coco | 0.3 | base 60.0 / Full-FT best 200.0 | 0.15-0.4 | True |" in text
+    assert "| 4. pretraining cost / the default world's | 1.25 |" in text and "4 of 4 met" in text
+    assert "| near | world-coco | 97 | 60 |" in text and "## Every run (near world)" in text
+    assert "![near h_vs_rho](results/near/h_vs_rho.png)" in text and (res / "near" / "h_vs_rho.png").is_file()
+
+
 def test_results_page_explains_each_world_when_its_anatomy_table_exists(tmp_path):
     """anatomy.parquet (experiments/anatomy.py) beside a world's summary adds its "Why Dowser wins or
     loses here" section (dowser.anatomy.anatomy_section), one heading level down for the wide world."""

@@ -235,3 +235,20 @@ def test_page_in_a_browser_fits_the_window(page, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (900, 1280)
     assert (pixels[:120, :400] < 100).mean() > 0.005  # the heading and provenance table are drawn
+
+
+def test_method_label_names_the_authors_rule(tmp_path):
+    """A Dowser run whose mask was built by mask.rule official is its own row, dowser-official;
+    an exact-rule mask, a missing mask spec and other methods keep their names."""
+    import json
+
+    from dowser.report import _method_label
+
+    for mid, rule in (("m1", "official"), ("m2", "exact")):
+        (tmp_path / "masks" / mid).mkdir(parents=True)
+        (tmp_path / "masks" / mid / "spec.json").write_text(json.dumps({"rule": rule}))
+    assert _method_label(tmp_path, {"method": "dowser", "mask": "m1"}) == "dowser-official"
+    assert _method_label(tmp_path, {"method": "dowser", "mask": "m2"}) == "dowser"
+    assert _method_label(tmp_path, {"method": "dowser", "mask": "gone"}) == "dowser"
+    assert _method_label(tmp_path, {"method": "random", "mask": "m1"}) == "random"
+    assert _method_label(tmp_path, {}) == "zero-shot"

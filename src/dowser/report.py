@@ -33,7 +33,9 @@ from dowser.stats import interp_up, mean_sd, one_sample_less, p_text, welch_grea
 
 CELL = ["task", "L", "rho", "lr", "epochs"]  # one comparison cell: same task, depth, budget, recipe
 RECIPE = ["lr", "epochs"]
-CONTROLS = ("dowser-top", "oracle", "magnitude", "wanda")  # masks shown beside Dowser and Random
+# masks shown beside Dowser and Random; dowser-official: Dowser under the authors' settings (a mask
+# built with mask.rule official, as configs/world-official.yaml sets with the official presets)
+CONTROLS = ("dowser-official", "dowser-top", "oracle", "magnitude", "wanda")
 
 
 def _probe_seed(results: Path, run: dict) -> int | None:
@@ -45,6 +47,20 @@ def _probe_seed(results: Path, run: dict) -> int | None:
         return json.loads((results / "probes" / score["probe"] / "spec.json").read_text())["seed"]
     except (OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def _method_label(results: Path, run: dict) -> str:
+    """The run's method; a Dowser mask built by the authors' rule (mask.rule official) reads
+    `dowser-official`, so the authors' settings appear as their own row beside the defaults."""
+    method = run.get("method", "zero-shot")
+    if method == "dowser" and run.get("mask"):
+        try:
+            rule = json.loads((results / "masks" / run["mask"] / "spec.json").read_text()).get("rule")
+        except (OSError, ValueError):
+            rule = None
+        if rule == "official":
+            return "dowser-official"
+    return method
 
 
 def metrics_table(eval_files: list[Path]) -> pd.DataFrame:
@@ -59,13 +75,14 @@ def metrics_table(eval_files: list[Path]) -> pd.DataFrame:
         if seed is None and run.get("mask") and run.get("method") != "random":
             seed = _probe_seed(results, run)
         train = run.get("train") or {}
+        method = _method_label(results, run)
         for bench, res in doc["results"].items():
             rows.append({
                 "eval": Path(path).parent.name,
                 "run": doc["eval"].get("run") or "base",
                 "model": doc["eval"].get("model"),
                 "results": str(results),
-                "method": run.get("method", "zero-shot"),
+                "method": method,
                 "task": run.get("task"),
                 "L": run.get("depth", 0),
                 "rho": run.get("rho"),

@@ -60,5 +60,5 @@ def test_pretraining_is_deterministic(run, tmp_path):
 
 
 def test_build_base_refuses_a_stale_shipped_model(tmp_path):
-    with pytest.raises(ValueError, match="stale"):
+    with pytest.raises(ValueError, match="no shipped world model matches"):
         build_base(WorldConfig(seed=12345), tmp_path, tmp_path / "m", pretrain=False)

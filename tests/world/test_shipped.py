@@ -54,3 +54,24 @@ def test_shipped_model_reproduces_its_metrics(tmp_path):
     stored = json.loads((SHIPPED_DIR / "pretrain_metrics.json").read_text())["accuracy"]
     for task in UPSTREAM:
         assert acc[task] == pytest.approx(stored[task], abs=0.02), task
+
+
+def test_near_world_base_is_shipped_and_chosen_by_its_spec(tmp_path):
+    """configs/world-near.yaml's world is the shipped-near/ base (its world_spec.json), build_base
+    copies that one, and its metrics meet the upstream targets with the skill measured."""
+    from pathlib import Path
+
+    import yaml
+
+    from dowser.world import SHIPPED_DIRS, shipped_for
+
+    root = Path(__file__).resolve().parents[2]
+    overrides = yaml.safe_load((root / "configs" / "world-near.yaml").read_text())["world"]["config"]
+    cfg = WorldConfig.from_dict(overrides)
+    near = shipped_for(cfg)
+    assert near is not None and near.name == "shipped-near" and near in SHIPPED_DIRS
+    assert shipped_for(WorldConfig()) == SHIPPED_DIR
+    build_base(cfg, tmp_path / "data", tmp_path / "model", pretrain=False)
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == (near / "model.safetensors").read_bytes()
+    m = json.loads((near / "pretrain_metrics.json").read_text())
+    assert np.mean(list(m["accuracy"].values())) >= 0.75 and set(m["skills"]) == set(cfg.skills)

@@ -115,3 +115,36 @@ def test_images_decode_to_generated_pixels():
     img, q, a, _ = GENERATORS["world-textvqa"](rng, SMALL.image_size)
     decoded = np.asarray(Image.open(io.BytesIO(cols["image"][0]["bytes"])))
     assert np.array_equal(decoded, img) and cols["answer"][0] == a
+
+
+def test_skills_data_only_when_asked_and_in_the_vocabulary(tmp_path):
+    """A skills world writes each skill's train and test splits; its words are the tokenizer's;
+    the default world's splits are untouched by the skills (same bytes)."""
+    from dowser.world.tasks import SKILLS, generate_split, vocabulary
+
+    near = WorldConfig(skills=SKILLS, upstream_train_size=20, downstream_train_size=4, validation_size=2,
+                       test_size=6)
+    plain = WorldConfig(upstream_train_size=20, downstream_train_size=4, validation_size=2, test_size=6)
+    assert generate_split(near, "world-coco", "test") == generate_split(plain, "world-coco", "test")
+    words = set(vocabulary())
+    describe = generate_split(near, "world-describe", "train")
+    assert len(describe["id"]) == 20
+    assert all(set((q + " " + a).split()) <= words for q, a in zip(describe["question"], describe["answer"]))
+    assert all(a.startswith("the image shows ") and a.count(" . ") == 1 for a in describe["answer"])
+    styles = generate_split(near, "world-styles", "test")
+    assert all(a in q.split() and q.startswith("what shape is the object ? options : A ")
+               for q, a in zip(styles["question"], styles["answer"]))
+    generate_task_data(near, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "world-styles").iterdir()) == ["test.parquet", "train.parquet"]
+    plain_dir = tmp_path / "plain"
+    generate_task_data(plain, plain_dir)
+    assert not (plain_dir / "world-describe").exists()
+
+
+def test_skills_config_checked_and_default_spec_unchanged():
+    assert "skills" not in WorldConfig().to_dict()  # the default world's world_spec.json stays current
+    assert WorldConfig(skills=("world-describe",)).to_dict()["skills"] == ["world-describe"]
+    with pytest.raises(ValueError, match="world.skills: unknown skill 'world-sing'"):
+        WorldConfig.from_dict({"skills": ["world-sing"]})
+    with pytest.raises(ValueError, match="world.skill_styles: unknown style 'plaid'"):
+        WorldConfig.from_dict({"skills": ["world-styles"], "skill_styles": ["plaid"]})

@@ -41,5 +41,5 @@ def test_wide_world_grid_and_model():
     assert 3.5 < count_parameters(model)["decoder"] / default["decoder"] < 4.5
     # no shipped model for it: the base must be pretrained (world.pretrain: true), never copied
     assert not shipped_is_current(wide)
-    with pytest.raises(ValueError, match="stale"):
+    with pytest.raises(ValueError, match="no shipped world model matches"):
         build_base(wide, Path("unused"), Path("unused"), pretrain=False)

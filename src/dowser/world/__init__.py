@@ -20,17 +20,24 @@ from pathlib import Path
 
 from dowser.world.config import WORLD_VERSION, WorldConfig
 
-SHIPPED_DIR = Path(__file__).parent / "shipped"
+SHIPPED_DIR = Path(__file__).parent / "shipped"  # the default world's base model
+# every shipped base model: shipped/ (default world), shipped-near/ (the skills world, docs/world.md §8)
+SHIPPED_DIRS = sorted(Path(__file__).parent.glob("shipped*"))
 
 
-def shipped_spec() -> dict | None:
-    path = SHIPPED_DIR / "world_spec.json"
+def shipped_spec(folder: Path = SHIPPED_DIR) -> dict | None:
+    path = Path(folder) / "world_spec.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def shipped_for(cfg: WorldConfig) -> Path | None:
+    """The shipped folder whose world_spec.json is this config at this WORLD_VERSION, if any."""
+    want = {"version": WORLD_VERSION, "config": cfg.to_dict()}
+    return next((d for d in SHIPPED_DIRS if shipped_spec(d) == want), None)
+
+
 def shipped_is_current(cfg: WorldConfig) -> bool:
-    spec = shipped_spec()
-    return spec == {"version": WORLD_VERSION, "config": cfg.to_dict()}
+    return shipped_for(cfg) is not None
 
 
 def build_base(cfg: WorldConfig, data_dir: Path, out_dir: Path, pretrain: bool) -> None:
@@ -41,16 +48,18 @@ def build_base(cfg: WorldConfig, data_dir: Path, out_dir: Path, pretrain: bool) 
 
         run_pretrain(cfg, Path(data_dir), out_dir)
         return
-    if not shipped_is_current(cfg):
+    shipped = shipped_for(cfg)
+    if shipped is None:
         raise ValueError(
-            "the shipped world model is stale (its world_spec.json differs from this world "
-            f"config or version {WORLD_VERSION}); run with --config world.pretrain=true, or "
-            "regenerate it: python -m dowser.world.pretrain --out src/dowser/world/shipped"
+            "no shipped world model matches this world config at version "
+            f"{WORLD_VERSION} (world_spec.json of {', '.join(d.name for d in SHIPPED_DIRS)}); set "
+            "world: {pretrain: true} in a --configfile, or regenerate one: "
+            "python -m dowser.world.pretrain --out src/dowser/world/shipped"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in SHIPPED_DIR.iterdir():
+    for item in shipped.iterdir():
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
 
 
-__all__ = ["SHIPPED_DIR", "WORLD_VERSION", "WorldConfig", "build_base", "shipped_is_current"]
+__all__ = ["SHIPPED_DIR", "SHIPPED_DIRS", "WORLD_VERSION", "WorldConfig", "build_base", "shipped_for", "shipped_is_current"]

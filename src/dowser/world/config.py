@@ -18,6 +18,11 @@ from dataclasses import dataclass
 WORLD_VERSION = "2"  # 2: iconqa icons in fixed colours (upstream data unchanged)
 
 
+# Names here (stdlib only) so a config is checked without numpy: tasks.py draws them.
+SKILLS = ("world-describe", "world-styles")
+STYLE_NAMES = ("outline", "stripes", "inverted", "dots")
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     # --- data -----------------------------------------------------------------------
@@ -94,8 +99,24 @@ class WorldConfig:
     # CPU matmul reductions depend on the thread count; fixing it keeps reruns identical.
     pretrain_threads: int = 1
 
+    # --- skills: pretraining tasks near the downstream ones (docs/world.md §8) -----------
+    # The default world's base knows nothing of its downstream tasks (zero-shot CIDEr 4 against
+    # Full-FT's 369), so learning one needs large moves (||dW||/||W|| ~1). A pretrained VLM starts
+    # near its downstream tasks: the skill is there, the format is new. Names from
+    # tasks.SKILLS: "world-describe" (long descriptions of caption-like scenes, so that a short
+    # caption is a change of style), "world-styles" (the shape of a style-shifted rendering,
+    # asked in mmbench's option form, for the styles in `skill_styles`). Empty: the default world.
+    skills: tuple = ()
+    skill_weight: float = 1.5   # stage-2 sampling weight of each skill (upstream weights sum to 7)
+    skill_styles: tuple = ("outline", "stripes")
+
     def to_dict(self) -> dict:
+        """Every field; without skills, the skill fields are left out (the default world's
+        world_spec.json predates them and stays current)."""
         d = dataclasses.asdict(self)
+        if not self.skills:
+            for key in ("skills", "skill_weight", "skill_styles"):
+                d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -109,7 +130,14 @@ class WorldConfig:
             if isinstance(default, tuple):
                 value = tuple(value)
             kwargs[key] = value
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        for name in cfg.skills:
+            if name not in SKILLS:
+                raise ValueError(f"world.skills: unknown skill {name!r} (known: {', '.join(SKILLS)})")
+        for name in cfg.skill_styles:
+            if name not in STYLE_NAMES:
+                raise ValueError(f"world.skill_styles: unknown style {name!r} (known: {', '.join(STYLE_NAMES)})")
+        return cfg
 
 
-__all__ = ["WORLD_VERSION", "WorldConfig"]
+__all__ = ["SKILLS", "STYLE_NAMES", "WORLD_VERSION", "WorldConfig"]

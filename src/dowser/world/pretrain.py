@@ -186,8 +186,8 @@ def warmup_vision(model, processor, train: dict, cfg: WorldConfig, progress: boo
         return torch.stack(pix), words, offsets, torch.tensor(target)
 
     weights = np.ones(len(tasks)) / len(tasks)
-    if tasks == UPSTREAM:
-        weights = np.asarray(cfg.task_weights, dtype=float) / sum(cfg.task_weights)
+    if tasks[: len(UPSTREAM)] == UPSTREAM:
+        weights = np.asarray(_mix_weights(cfg, len(tasks) - len(UPSTREAM)))
     for step in range(cfg.vision_warmup_steps):
         picks = rng.choice(len(tasks), size=cfg.vision_warmup_batch, p=weights)
         counts = [int((picks == k).sum()) for k in range(len(tasks))]
@@ -223,6 +223,12 @@ def warmup_vision(model, processor, train: dict, cfg: WorldConfig, progress: boo
     return curve
 
 
+def _mix_weights(cfg: WorldConfig, n_skills: int) -> list[float]:
+    """Sampling probabilities of UPSTREAM's tasks (cfg.task_weights) then `n_skills` skills."""
+    w = list(cfg.task_weights) + [cfg.skill_weight] * n_skills
+    return [x / sum(w) for x in w]
+
+
 def _lr_lambda(cfg: WorldConfig):
     def f(step: int) -> float:
         if step < cfg.pretrain_warmup:
@@ -247,11 +253,16 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
     model = build_model(cfg, processor)
     train = {t: load_split(data_dir / t / "train.parquet", processor, cfg) for t in UPSTREAM}
     test = {t: load_split(data_dir / t / "test.parquet", processor, cfg) for t in UPSTREAM}
+    skills = {t: load_split(data_dir / t / "train.parquet", processor, cfg) for t in cfg.skills}
+    skills_test = {t: load_split(data_dir / t / "test.parquet", processor, cfg) for t in cfg.skills}
     load_s = time.time() - t0
 
     t_warm = time.time()
     model.train()
-    warm_curve = warmup_vision(model, processor, train, cfg, progress, evaluate=test)
+    # the tower also sees the skills whose first answer token carries the answer (the shape of a
+    # styled rendering); a description's first token is always "the"
+    warm_train = train | {t: d for t, d in skills.items() if t != "world-describe"}
+    warm_curve = warmup_vision(model, processor, warm_train, cfg, progress, evaluate=test)
     warm_s = time.time() - t_warm
 
     # Stage 2: projector + decoder on the upstream mix; the tower stays frozen as in
@@ -267,7 +278,8 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     rng = np.random.default_rng([cfg.seed, 7919])
-    weights = np.asarray(cfg.task_weights, dtype=float) / sum(cfg.task_weights)
+    train |= skills  # stage 2 mixes the skills (if any) after the curriculum
+    weights = np.asarray(_mix_weights(cfg, len(skills)))
     tok = processor.tokenizer
     pad, bos, eos = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     lexicon = [tok.convert_tokens_to_ids(w) for w in vocabulary()]
@@ -279,7 +291,7 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
             tasks = list(cfg.curriculum_tasks)
             picks = rng.integers(0, len(tasks), size=cfg.pretrain_batch)
         else:
-            tasks = UPSTREAM
+            tasks = UPSTREAM + list(skills)
             picks = rng.choice(len(tasks), size=cfg.pretrain_batch, p=weights)
         loss_sum, n_tok = 0.0, 0
         # one forward per task keeps sequences of similar length together (less padding)
@@ -335,12 +347,16 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
 
     t_eval = time.time()
     acc = evaluate_upstream(model, processor, test)
+    skill_acc = {t: float(np.mean([p == a for p, a in zip(greedy_answers(model, processor, d, max_new_tokens=24),
+                                                             d["answer_text"])]))
+                 for t, d in skills_test.items()}  # fmt: skip
     metrics = {
         "version": WORLD_VERSION,
         "split": "test",
         "metric": "greedy generation exact match",
         "accuracy": acc,
         "mean_accuracy": float(np.mean(list(acc.values()))),
+        **({"skills": skill_acc} if skill_acc else {}),
         "chance": {t: CHANCE[t] for t in UPSTREAM},
         "parameters": count_parameters(model),
         "steps": cfg.pretrain_steps,
@@ -362,7 +378,7 @@ def pretrain(cfg: WorldConfig, data_dir: Path, out_dir: Path, progress: bool = T
     spec = {"version": WORLD_VERSION, "config": cfg.to_dict()}
     (out_dir / "world_spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
     if progress:
-        print(json.dumps({"accuracy": acc, "mean": metrics["mean_accuracy"]}), flush=True)
+        print(json.dumps({"accuracy": acc, "mean": metrics["mean_accuracy"], "skills": skill_acc}), flush=True)
     return metrics
 
 

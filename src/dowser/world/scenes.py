@@ -11,6 +11,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from dowser.world.config import STYLE_NAMES
+
 SHAPES = ("circle", "square", "triangle", "cross")
 # Saturated, mutually distant RGB centres; +-15 jitter per channel keeps them apart.
 COLOURS = {
@@ -21,7 +23,7 @@ COLOURS = {
     "purple": (160, 60, 200),
     "white": (235, 235, 235),
 }
-STYLES = ("outline", "stripes", "inverted", "dots")
+STYLES = STYLE_NAMES  # one list for the config check and the drawing
 
 # 3x5 pixel font; world-textvqa draws it at scale 4 (12x20 px), one font pixel per patch.
 _FONT = {

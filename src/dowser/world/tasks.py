@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from dowser.world import scenes
-from dowser.world.config import WorldConfig
+from dowser.world.config import SKILLS, WorldConfig
 from dowser.world.scenes import COLOURS, ICONS, SHAPES, STYLES
 
 UPSTREAM = [
@@ -239,7 +239,8 @@ def gen_mmbench_cn(rng, size):
     return img, q, a, [a]
 
 
-def gen_coco(rng, size):
+def _coco_scene(rng, size):
+    """1-3 objects of one shape and colour in a column on one side (world-coco's scenes)."""
     img = scenes.background(rng, size)
     n, shape, colour = int(rng.integers(1, 4)), _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
     side = _pick(rng, ("left", "right"))
@@ -252,11 +253,11 @@ def gen_coco(rng, size):
         scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
     fill = dict(num=NUMBER_WORDS[n - 1], colour=colour, side=side, be="is" if n == 1 else "are",
                 shapes=shape if n == 1 else PLURALS[shape])  # fmt: skip
-    refs = [t.format(**fill) for t in COCO_TEMPLATES]
-    return img, Q_COCO, refs[0], refs
+    return img, fill
 
 
-def gen_flickr(rng, size):
+def _flickr_scene(rng, size):
+    """One big or small object near the top or the bottom (world-flickr's scenes)."""
     img = scenes.background(rng, size)
     shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
     big, top = bool(rng.integers(2)), bool(rng.integers(2))
@@ -266,17 +267,33 @@ def gen_flickr(rng, size):
     scenes.draw_shape(img, rng, shape, colour, cx, cy, s)
     fill = dict(size="big" if big else "small", colour=colour, shape=shape,
                 vside="top" if top else "bottom")  # fmt: skip
+    return img, fill
+
+
+def gen_coco(rng, size):
+    img, fill = _coco_scene(rng, size)
+    refs = [t.format(**fill) for t in COCO_TEMPLATES]
+    return img, Q_COCO, refs[0], refs
+
+
+def gen_flickr(rng, size):
+    img, fill = _flickr_scene(rng, size)
     refs = [t.format(**fill) for t in FLICKR_TEMPLATES]
     return img, Q_FLICKR, refs[0], refs
 
 
-def gen_imagenet_r(rng, size):
-    style = _pick(rng, STYLES)
+def _styled_object(rng, size, styles=STYLES):
+    style = _pick(rng, styles)
     img = scenes.background(rng, size, light=style == "inverted")
     shape, colour = _pick(rng, SHAPES), _pick(rng, COLOUR_NAMES)
     s = rng.uniform(16, 24)
     cx, cy = size / 2 + rng.uniform(-3, 3, size=2)
     scenes.draw_styled(img, rng, shape, colour, cx, cy, s, style)
+    return img, shape
+
+
+def gen_imagenet_r(rng, size):
+    img, shape = _styled_object(rng, size)
     return img, Q_IMAGENET_R, shape, [shape]
 
 
@@ -320,7 +337,44 @@ GENERATORS = {
 }
 
 
+# --- skills (WorldConfig.skills): pretraining tasks near the downstream ones ------------------
+# Never evaluated as upstream tasks (A_up keeps its six); they put the downstream skill in the
+# base, as a pretrained VLM has it, so that fine-tuning changes a format, not a capability.
+Q_DESCRIBE = ("describe the image .", "what is shown in the image ?", "what is in this picture ?")
+DESCRIBE_COCO = "the image shows {num} {colour} {shapes} . the {shapes} {be} on the {side} side ."
+DESCRIBE_FLICKR = "the image shows a {size} {colour} {shape} . the {shape} is near the {vside} ."
+
+
+def gen_describe(rng, size):
+    """A long description (two sentences) of a world-coco or world-flickr scene: the same facts
+    as their captions, in another form, under other prompts."""
+    if rng.integers(2) == 0:
+        img, fill = _coco_scene(rng, size)
+        text = DESCRIBE_COCO.format(**fill)
+    else:
+        img, fill = _flickr_scene(rng, size)
+        text = DESCRIBE_FLICKR.format(**fill)
+    return img, _pick(rng, Q_DESCRIBE), text, [text]
+
+
+def gen_styles(rng, size, styles=STYLES):
+    """The shape of a style-shifted rendering (world-imagenet-r's images, the styles of
+    WorldConfig.skill_styles), asked in mmbench's option form and answered by the word."""
+    img, shape = _styled_object(rng, size, styles)
+    others = _pick(rng, [x for x in SHAPES if x != shape], 3)
+    options = [(others + [shape])[j] for j in rng.permutation(4)]
+    opts = " ".join(f"{L} {o}" for L, o in zip(LETTERS, options))
+    return img, f"what shape is the object ? options : {opts}", shape, [shape]
+
+
+SKILL_GENERATORS = {"world-describe": gen_describe, "world-styles": gen_styles}
+assert tuple(SKILL_GENERATORS) == SKILLS
+CHOICES |= {"world-describe": [], "world-styles": list(SHAPES)}
+
+
 def split_size(cfg: WorldConfig, task: str, split: str) -> int:
+    if task in SKILL_GENERATORS:
+        return cfg.upstream_train_size if split == "train" else cfg.test_size
     if split == "train":
         return cfg.upstream_train_size if task in UPSTREAM else cfg.downstream_train_size
     return cfg.validation_size if split == "validation" else cfg.test_size
@@ -328,10 +382,16 @@ def split_size(cfg: WorldConfig, task: str, split: str) -> int:
 
 def generate_split(cfg: WorldConfig, task: str, split: str) -> dict:
     """Columns of one split as Python lists; images as PNG bytes."""
-    rng = np.random.default_rng([cfg.seed, TASKS.index(task), SPLITS.index(split)])
+    index = TASKS.index(task) if task in TASKS else len(TASKS) + SKILLS.index(task)
+    rng = np.random.default_rng([cfg.seed, index, SPLITS.index(split)])
     cols = {k: [] for k in ("id", "image", "question", "answer", "references", "choices", "task")}
+    gen = GENERATORS.get(task)
+    if gen is None:
+        gen = SKILL_GENERATORS[task]
+        if task == "world-styles":
+            gen = lambda rng, size: gen_styles(rng, size, cfg.skill_styles)  # noqa: E731
     for i in range(split_size(cfg, task, split)):
-        img, q, a, refs = GENERATORS[task](rng, cfg.image_size)
+        img, q, a, refs = gen(rng, cfg.image_size)
         cols["id"].append(f"{task}-{split}-{i:05d}")
         cols["image"].append({"bytes": scenes.png_bytes(img), "path": None})
         cols["question"].append(q)
@@ -372,7 +432,11 @@ def write_split(cols: dict, path: Path) -> None:
 
 
 def generate_task_data(cfg: WorldConfig, out_dir: Path) -> None:
+    """Every task's splits; a skill of `cfg.skills` gets train and test splits beside them."""
     out_dir = Path(out_dir)
+    for task in cfg.skills:
+        for split in ("train", "test"):
+            write_split(generate_split(cfg, task, split), out_dir / task / f"{split}.parquet")
     for task in TASKS:
         for split in SPLITS:
             write_split(generate_split(cfg, task, split), out_dir / task / f"{split}.parquet")
