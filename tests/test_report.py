@@ -252,3 +252,10 @@ def test_method_label_names_the_authors_rule(tmp_path):
     assert _method_label(tmp_path, {"method": "dowser", "mask": "gone"}) == "dowser"
     assert _method_label(tmp_path, {"method": "random", "mask": "m1"}) == "random"
     assert _method_label(tmp_path, {}) == "zero-shot"
+
+
+def test_shown_keeps_small_learning_rates():
+    from dowser.report import shown
+
+    df = shown(frame([row("full", 97.25, 107.87, lr=1e-4), row("full", 96.58, 418.973, lr=3e-4)]))
+    assert df.lr.tolist() == [1e-4, 3e-4] and df.A_down.tolist() == [107.87, 418.973]

@@ -321,7 +321,8 @@ def _plots(summary: pd.DataFrame, out: Path) -> list[str]:
 
 def shown(summary: pd.DataFrame) -> pd.DataFrame:
     cols = ["method", "task", "L", "rho", "seed", "lr", "epochs", "A_up", "A_down", "H", "H_rel", "update_norm_ratio"]
-    return summary[[c for c in cols if c in summary]].round(3)
+    out = summary[[c for c in cols if c in summary]]
+    return out.round({c: 3 for c in out.columns if c != "lr"})  # an lr of 1e-4 stays 1e-4, not 0
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:
