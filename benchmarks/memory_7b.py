@@ -808,6 +808,15 @@ def markdown(doc: dict) -> str:
                 now, old = ft.get(key), (before.get("finetune") or {}).get(key)
                 cells.append(cell(now) if old is None else f"{cell(now)} (before {cell(old)})")
             lines.append(f"| {m} | {'on' if gc == 'checkpointing' else 'off'} | " + " | ".join(cells) + " |")
+    saves = cur.get("checkpoint_save") or {}
+    if saves:
+        lines += ["", "Checkpoint save after that step (dowser.checkpoint, one file per process): peak device memory, "
+                  "the largest host copy held at once, and the bytes each process writes (GiB):", "",
+                  "| method | processes | device peak | host peak | written per process |", "|---|---:|---:|---:|---:|"]
+        for key, row in saves.items():
+            method, procs = key.split("/")[0], key.rsplit("/", 1)[1]
+            lines.append(f"| {method} | {procs} | {row['device_peak'] / GIB:.1f} | {row['host_peak'] / GIB:.2f} | "
+                         f"{row['written'] / GIB:.1f} |")
     return "\n".join(lines) + "\n"
 
 
