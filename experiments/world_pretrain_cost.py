@@ -21,15 +21,9 @@ import time
 from pathlib import Path
 
 import yaml
+from world_wide_pretrain import per_step  # seconds per stage-2 step from a loss curve
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def per_step(metrics: dict) -> float:
-    """Seconds per stage-2 step from the loss curve, the first logged step (warm-up) left out."""
-    curve = metrics["loss_curve"]
-    first, last = curve[0], curve[-1]
-    return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
 
 
 def main():
