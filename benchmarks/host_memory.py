@@ -308,7 +308,7 @@ def checkpoint(hidden: int, layers: int, ffn: int, python_path: str | None = Non
                "--checkpoint-rank", "--dir", str(Path(tmp) / "checkpoint"), "--hidden", str(hidden), "--layers",
                str(layers), "--ffn", str(ffn)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"rank"')]
+        rows = [json.loads(f.read_text()) for f in sorted(Path(tmp).glob("rank*.json"))]
     if proc.returncode or len(rows) != 2:
         raise RuntimeError(f"checkpoint job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return sorted(rows, key=lambda r: r["rank"])
@@ -358,7 +358,9 @@ def main():
         print(json.dumps(stage(args.stage, args.dir, args.blocks)))
         return
     if args.checkpoint_rank:
-        print(json.dumps(checkpoint_rank(args.dir, args.hidden, args.layers, args.ffn)), flush=True)
+        row = checkpoint_rank(args.dir, args.hidden, args.layers, args.ffn)
+        # one file per process: two processes printing to one pipe can interleave their lines
+        (args.dir.parent / f"rank{row['rank']}.json").write_text(json.dumps(row))
         return
     if args.checkpoint:
         rows = checkpoint(args.hidden, args.layers, args.ffn)
