@@ -303,7 +303,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
     from torch._subclasses.fake_tensor import DataDependentOutputException
 
     import dowser.finetune as ft
-    from dowser.distributed import make_accelerator, prepare
+    from dowser.distributed import make_accelerator, prepare, unwrap_params
     from dowser.methods import get_method
     from dowser.models import trainable_modules
     from dowser.sparse import dense_extras, fp32_masters
@@ -319,9 +319,7 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
             {m.name: m.shape for m in trainable_modules(model, depth)}, RHO)
         extras = dense_extras(model, depth, train_norms, train_lm_head)
         params = method.prepare(model, masks, depth)
-        vectors = [p for _, p in extras]
-        for p in vectors:
-            p.requires_grad_(True)
+        vectors = [p.requires_grad_(True) for _, p in extras]  # no loop variable left holding one
         params = fp32_masters(list(params) + vectors)
         if hasattr(ft, "keep_output_dtype"):
             ft.keep_output_dtype(model, extras if train_norms else [])
@@ -333,7 +331,9 @@ def train_step(model, make_batch, method_name: str, depth: int, checkpointing: b
         # before issue 17: AdamW's default, which is foreach on CUDA (a loop over tensors on a CPU)
         opt = ft.make_optimizer(params, cfg) if hasattr(ft, "make_optimizer") else \
             torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        del extras, vectors  # as dowser.finetune: names only past this point
         model, opt = prepare(acc, model, opt)
+        params = unwrap_params(opt)  # as dowser.finetune: FSDP replaces the parameters by DTensor shards
         model.train()
         method.before_train(model, params)
     with tracker:

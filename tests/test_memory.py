@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ def test_docs_memory_tables_are_current():
     assert body.strip() == M.markdown(doc).strip()
     for key in ("probe", "score", "evaluate", "finetune"):
         assert key in doc["current"]
+
+
+def test_sharded_state_is_one_nth_of_the_unsharded():
+    """A Full-FT step's state under FSDP over 2 fake processes, as dowser.finetune holds it: the
+    checkpoint this rank writes is half the unsharded one's (before: the step and the save read the
+    parameter list from before `prepare`, unsharded tensors that every rank then wrote and kept)."""
+    rows = {}
+    for procs in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = _run(Path(tmp), "--jobs", "checkpoint", "--blocks", "2", "--depth", "2", "--methods", "full",
+                       "--processes", str(procs))
+            assert out.returncode == 0, out.stderr[-2000:]
+            rows[procs] = json.loads((Path(tmp) / "m.json").read_text())["current"]["checkpoint_save"]
+    one, two = rows[1]["full/L2/micro16/1"], rows[2]["full/L2/micro16/2"]
+    assert one["written"] > 2 * 2**30  # two 7B-shaped blocks and the lm_head: parameters and moments, fp32
+    assert abs(two["written"] / one["written"] - 0.5) < 0.01, (one, two)
+    assert two["device_before"] < 0.6 * one["device_before"], (one, two)

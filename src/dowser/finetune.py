@@ -144,15 +144,17 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
     masks = None if method.dense else read_checked_masks(spec, mask_path, names=set(trained))
     base = base_weights(model, depth, dense=method.dense, extras=extras) if main else {}
     params = method.prepare(model, masks, depth)  # default: dowser.sparse.apply_masks (freezes everything else)
-    vectors = [p for _, p in extras]
-    for p in vectors:
-        p.requires_grad_(True)
+    vectors = [p.requires_grad_(True) for _, p in extras]  # no loop variable left holding one
     params = fp32_masters(list(params) + vectors)
     keep_output_dtype(model, extras if cfg.train_norms else [])  # fp32 norm weights: bf16 outputs
     table = trainable_table(model)
     n_trainable = sum(r["trainable"] for r in table)
     expected = method.expected_trainable(model, depth, masks) + sum(p.numel() for p in vectors)
     del masks  # the parametrizations hold their indices
+    # names only from here: FSDP replaces the parameters by shards, and a list holding the
+    # originals would keep every rank's unsharded copy alive (lm_head, norms) for the whole run
+    extra_names = [name for name, _ in extras]
+    del extras, vectors
     if n_trainable != expected:
         raise RuntimeError(f"trainable entries {n_trainable} != {expected} expected for method {spec['method']}")
     if gradient_checkpointing:
@@ -217,7 +219,7 @@ def finetune(spec: dict, model_path: Path, data_root: Path, out_dir: Path, mask_
 
     model = acc.unwrap_model(model)
     if sharded:  # the delta holds the fp32 masters, as one process's does (not bf16 gathered copies)
-        gather_trained(model, trained + [name for name, _ in extras], main)
+        gather_trained(model, trained + extra_names, main)
     if not main:
         acc.wait_for_everyone()
         return {"steps": total}
