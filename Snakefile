@@ -7,7 +7,13 @@ import sys
 from snakemake.utils import min_version
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from dowser.config import read_config_file
+try:
+    from dowser.config import read_config_file
+except ModuleNotFoundError as e:  # the workflow's logic is the package: nothing runs without it
+    if e.name != "dowser":
+        raise
+    sys.exit("the dowser package is not installed in this environment: run `pip install torch==2.13.0 && "
+             "pip install -e .` in this checkout first (README)")
 
 min_version("9.0")
 

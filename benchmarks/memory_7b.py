@@ -808,18 +808,18 @@ def markdown(doc: dict) -> str:
                 now, old = ft.get(key), (before.get("finetune") or {}).get(key)
                 cells.append(cell(now) if old is None else f"{cell(now)} (before {cell(old)})")
             lines.append(f"| {m} | {'on' if gc == 'checkpointing' else 'off'} | " + " | ".join(cells) + " |")
-    from dowser.plan import FIT_FRACTION
+    from dowser.plan import FIT_FRACTION, fewest_gpus
 
     cards = (80, 40)
-    lines += ["", f"Fewest GPUs per fine-tune from that table (dowser.plan.finetune_fit's order: 1, 2, 4, 8 "
-              f"processes, checkpointing off before on; peak at most {FIT_FRACTION:.0%} of the card):", "",
-              "| method | " + " | ".join(f"{c} GiB card" for c in cards) + " |", "|---|" + "---|" * len(cards)]
+    lines += ["", f"Fewest GPUs per fine-tune from that table (dowser.plan.fewest_gpus, as `dowser plan` sizes "
+              f"jobs: 1, 2, 4, 8 processes, checkpointing off before on; peak at most {FIT_FRACTION:.0%} of the "
+              "card):", "", "| method | " + " | ".join(f"{c} GiB card" for c in cards) + " |",
+              "|---|" + "---|" * len(cards)]
     for m in methods:
         cells = []
         for card in cards:
-            fits = [(n, gc) for n in procs for gc in ("no-checkpointing", "checkpointing")
-                    if (row := ft.get(f"{m}/L{DEPTH}/micro{MICRO}/{gc}/{n}")) and row["peak"] <= FIT_FRACTION * card * GIB]
-            cells.append(f"{fits[0][0]}{' with checkpointing' if fits[0][1] == 'checkpointing' else ''}" if fits
+            fit = fewest_gpus(ft, [(m, DEPTH)], MICRO, FIT_FRACTION * card * GIB)
+            cells.append(f"{fit[0]}{' with checkpointing' if fit[1] else ''}" if fit and fit[4]
                          else f"none of {', '.join(map(str, procs))}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     saves = cur.get("checkpoint_save") or {}

@@ -404,6 +404,23 @@ def measured_as(method: str, ft: dict) -> str:
     return "full" if traits(method).dense else "dowser"
 
 
+def fewest_gpus(ft: dict, runs: list[tuple[str, int]], micro: int, budget: float) -> tuple | None:
+    """(processes, checkpointing, (method, depth), peak, fits): the first measured setting, in the
+    order 1, 2, 4, 8 processes, checkpointing off before on, whose largest peak over `runs` is at
+    most `budget` bytes (fits True); else the last measured one (fits False); None if none is."""
+    last = None
+    for procs in (1, 2, 4, 8):
+        for checkpointing in (False, True):
+            peaks = {run: _finetune_peak(ft, *run, micro, checkpointing, procs) for run in runs}
+            if any(v is None for v in peaks.values()):
+                continue
+            run, peak = max(peaks.items(), key=lambda kv: kv[1])
+            last = (procs, checkpointing, run, peak, peak <= budget)
+            if last[4]:
+                return last
+    return last
+
+
 def finetune_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_gib: float = GPU_MEMORY_GIB,
                  runs: list[tuple[str, int]] | None = None) -> dict | None:
     """GPUs and gradient checkpointing for fine-tunes from the measurement: the fewest processes, then
@@ -420,22 +437,15 @@ def finetune_fit(config: dict, results: Path = Path("benchmarks/results"), gpu_g
                 for d in config["finetune"]["depths"]]
     runs = sorted({(measured_as(m, ft), d) for m, d in runs})
     budget = FIT_FRACTION * gpu_gib * GIB
-    largest = None
-    for procs in (1, 2, 4, 8):
-        for checkpointing in (False, True):
-            peaks = {run: _finetune_peak(ft, *run, micro, checkpointing, procs) for run in runs}
-            if any(v is None for v in peaks.values()):
-                continue
-            (method, depth), peak = max(peaks.items(), key=lambda kv: kv[1])
-            largest = (method, depth, procs, checkpointing, peak)
-            if peak <= budget:
-                return {"gpus": procs, "gradient_checkpointing": checkpointing, "peak": peak, "method": method,
-                        "depth": depth, "gpu_gib": gpu_gib}
+    largest = fewest_gpus(ft, runs, micro, budget)
     if largest is None:
         depths = ", ".join(f"L={d}" for d in sorted({d for _, d in runs}))
         raise ValueError(f"finetune: no memory measurement covers micro-batch {micro} at {depths} "
                          f"(run benchmarks/memory_7b.py with --micro/--depth)")
-    method, depth, procs, checkpointing, peak = largest
+    procs, checkpointing, (method, depth), peak, fits = largest
+    if fits:
+        return {"gpus": procs, "gradient_checkpointing": checkpointing, "peak": peak, "method": method,
+                "depth": depth, "gpu_gib": gpu_gib}
     raise ValueError(f"finetune: {method} at L={depth} needs {peak / GIB:.1f} GiB per device on {procs} GPU(s)"
                      f"{' with' if checkpointing else ' without'} gradient checkpointing, more than "
                      f"{FIT_FRACTION:.0%} of {gpu_gib} GiB; measured no larger GPU count")
